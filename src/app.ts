@@ -1,0 +1,113 @@
+import { randomUUID } from 'node:crypto'
+import type { Server } from 'node:http'
+import AjvCompiler from '@fastify/ajv-compiler'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import Fastify, {
+  type FastifyHttpOptions,
+  type FastifyInstance,
+  type FastifyServerOptions,
+  LogController,
+} from 'fastify'
+import type { Redis } from 'ioredis'
+import type { DestinationStream } from 'pino'
+import type { Config } from './config.js'
+import type { DatabaseHandle } from './db/client.js'
+import { LOG_REDACT_PATHS, redactUrl } from './lib/redact.js'
+import { systemModule } from './modules/system/index.js'
+import dbPlugin from './plugins/db.js'
+import errorsPlugin from './plugins/errors.js'
+import observabilityPlugin from './plugins/observability.js'
+import openapiPlugin from './plugins/openapi.js'
+import rateLimitPlugin from './plugins/rate-limit.js'
+import redisPlugin from './plugins/redis.js'
+import securityPlugin from './plugins/security.js'
+
+/** Dependencies a caller (a test, a benchmark) may supply instead of having them built from config. */
+export interface AppOverrides {
+  /** An already opened database; the app takes ownership and closes it. */
+  database?: DatabaseHandle
+  /** A Redis connection (for example to share one server between two app instances). */
+  redis?: Redis | null
+  /** Where log lines go (default: stdout). */
+  logStream?: DestinationStream
+}
+
+const REQUEST_ID = /^[\w.:-]{1,128}$/
+
+type ValidatorFactory = NonNullable<
+  NonNullable<NonNullable<FastifyServerOptions['schemaController']>['compilersFactory']>['buildValidator']
+>
+type AjvOptions = Parameters<ValidatorFactory>[1] & { customOptions?: Record<string, unknown> }
+
+/**
+ * Query strings and params arrive as text and are coerced to their declared types; JSON bodies
+ * already carry types, so a body that sends "5" for a number is an error. Unknown properties are
+ * rejected rather than silently stripped (Fastify's default), and every failure is reported.
+ */
+function partAwareValidator(): ValidatorFactory {
+  const pool = AjvCompiler()
+  return ((externalSchemas: never, ajvOptions: AjvOptions) => {
+    const base = { ...ajvOptions?.customOptions, removeAdditional: false, allErrors: true }
+    const coercing = pool(externalSchemas, { ...ajvOptions, customOptions: { ...base, coerceTypes: 'array' } } as never)
+    const strict = pool(externalSchemas, { ...ajvOptions, customOptions: { ...base, coerceTypes: false } } as never)
+    return (route: { httpPart?: string }) =>
+      route.httpPart === 'body' ? strict(route as never) : coercing(route as never)
+  }) as unknown as ValidatorFactory
+}
+
+export function fastifyOptions(config: Config, overrides: AppOverrides): FastifyHttpOptions<Server> {
+  return {
+    logger: {
+      level: config.LOG_LEVEL,
+      redact: { paths: LOG_REDACT_PATHS, censor: '[REDACTED]' },
+      serializers: {
+        req: (request) => ({ method: request.method, url: redactUrl(request.url), remoteAddress: request.ip }),
+      },
+      ...(overrides.logStream ? { stream: overrides.logStream } : {}),
+    },
+    // One completion line per request is written by the observability plugin instead.
+    logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'requestId' }),
+    requestIdHeader: false,
+    genReqId: (request) => {
+      const offered = request.headers['x-request-id']
+      return typeof offered === 'string' && REQUEST_ID.test(offered) ? offered : randomUUID()
+    },
+    // A number is a hop count (proxy-addr); Fastify's types omit it though the runtime accepts it.
+    trustProxy: config.TRUST_PROXY as boolean,
+    bodyLimit: config.BODY_LIMIT,
+    // Slow clients cannot hold sockets: headers and the whole request must arrive in bounded time.
+    requestTimeout: config.REQUEST_TIMEOUT_MS,
+    connectionTimeout: config.CONNECTION_TIMEOUT_MS,
+    keepAliveTimeout: config.KEEP_ALIVE_TIMEOUT_MS,
+    http: {
+      headersTimeout: Math.min(config.HEADERS_TIMEOUT_MS, config.REQUEST_TIMEOUT_MS),
+      // How often Node checks those timeouts; its default (30 s) would let them overrun badly.
+      connectionsCheckingInterval: Math.min(1000, Math.max(100, Math.floor(config.HEADERS_TIMEOUT_MS / 4))),
+    },
+    // The security plugin answers 503 problem+json itself while closing.
+    return503OnClosing: false,
+    forceCloseConnections: 'idle',
+    routerOptions: { ignoreTrailingSlash: true, maxParamLength: 200 },
+    schemaController: { compilersFactory: { buildValidator: partAwareValidator() } },
+  }
+}
+
+/**
+ * Builds the whole application from config. The server, the worker, the tests and the benchmarks
+ * all run exactly this; tests swap dependencies only through `overrides`.
+ */
+export async function buildApp(config: Config, overrides: AppOverrides = {}): Promise<FastifyInstance> {
+  const app = Fastify(fastifyOptions(config, overrides)).withTypeProvider<TypeBoxTypeProvider>()
+
+  await app.register(errorsPlugin)
+  await app.register(observabilityPlugin)
+  await app.register(openapiPlugin, { config })
+  await app.register(securityPlugin, { config })
+  await app.register(redisPlugin, { config, ...(overrides.redis !== undefined ? { redis: overrides.redis } : {}) })
+  await app.register(rateLimitPlugin, { config })
+  await app.register(dbPlugin, { config, ...(overrides.database ? { database: overrides.database } : {}) })
+
+  await app.register(systemModule)
+
+  return app
+}

@@ -1,0 +1,168 @@
+import { existsSync, readFileSync } from 'node:fs'
+import { parseEnv } from 'node:util'
+import { type Static, Type } from 'typebox'
+import { Value } from 'typebox/value'
+
+/**
+ * The one schema of the environment. Keys are the variable names themselves so that an error
+ * message, the README table and .env.example all speak the same language.
+ */
+const Url = (description: string) => Type.String({ format: 'uri', pattern: '^[a-zA-Z][a-zA-Z0-9+.-]*://', description })
+const Millis = (min: number, fallback: number, description: string) =>
+  Type.Integer({ minimum: min, maximum: 3_600_000, default: fallback, description })
+
+export const ConfigSchema = Type.Object({
+  NODE_ENV: Type.Union([Type.Literal('development'), Type.Literal('production'), Type.Literal('test')], {
+    default: 'development',
+  }),
+  PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 3000, description: 'TCP port to listen on' }),
+  HOST: Type.String({ minLength: 1, default: '0.0.0.0', description: 'Interface to bind' }),
+  LOG_LEVEL: Type.Union(
+    ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((level) => Type.Literal(level)),
+    { default: 'info' },
+  ),
+  DATA_DIR: Type.String({ minLength: 1, default: './data', description: 'Where the embedded database lives' }),
+  DATABASE_URL: Type.Optional(
+    Type.String({
+      pattern: '^(postgres(ql)?://.+|memory://)$',
+      description: 'postgres:// URL; unset for embedded PGlite under DATA_DIR; memory:// for a throwaway one',
+    }),
+  ),
+  DATABASE_POOL_MAX: Type.Integer({ minimum: 1, maximum: 1000, default: 10 }),
+  MIGRATE_ON_START: Type.Boolean({ default: false }),
+  REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://.+' })),
+  PUBLIC_URL: Type.Optional(Url('Public base URL of this API (token issuer, webhook URLs)')),
+  CORS_ORIGINS: Type.String({ default: '', description: 'Comma-separated allow-list of browser origins' }),
+  TRUST_PROXY: Type.Union([Type.Boolean(), Type.Integer({ minimum: 0, maximum: 32 })], { default: false }),
+  BODY_LIMIT: Type.Integer({ minimum: 1024, maximum: 100 * 1024 * 1024, default: 1024 * 1024 }),
+  JSON_MAX_DEPTH: Type.Integer({ minimum: 2, maximum: 1000, default: 64 }),
+  REQUEST_TIMEOUT_MS: Millis(100, 30_000, 'Time a client has to send a whole request'),
+  HEADERS_TIMEOUT_MS: Millis(100, 15_000, 'Time a client has to send the request headers'),
+  CONNECTION_TIMEOUT_MS: Millis(0, 120_000, 'Idle socket timeout'),
+  KEEP_ALIVE_TIMEOUT_MS: Millis(100, 72_000, 'Keep-alive idle time, above any load balancer idle timeout'),
+  SHUTDOWN_TIMEOUT_MS: Millis(100, 10_000, 'How long in-flight requests may finish on shutdown'),
+  RATE_LIMIT_MAX: Type.Integer({ minimum: 1, default: 600, description: 'Requests per window per client' }),
+  RATE_LIMIT_WINDOW_MS: Millis(100, 60_000, 'Rate-limit window'),
+  AUTH_EXTERNAL_JWKS_URL: Type.Optional(Url('JWKS of an external identity provider')),
+  AUTH_EXTERNAL_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
+  AUTH_EXTERNAL_AUDIENCE: Type.Optional(Type.String({ minLength: 1 })),
+  OPENAI_API_KEY: Type.Optional(Type.String({ minLength: 1 })),
+  OPENAI_BASE_URL: Type.Optional(Url('OpenAI-compatible server')),
+  ANTHROPIC_API_KEY: Type.Optional(Type.String({ minLength: 1 })),
+  ANTHROPIC_BASE_URL: Type.Optional(Url('Anthropic API base URL')),
+  CHAT_DEFAULT_MODEL: Type.String({ minLength: 1, default: 'gpt-4o-mini' }),
+  EMBEDDINGS_MODEL: Type.String({ minLength: 1, default: 'text-embedding-3-small' }),
+  STRIPE_SECRET_KEY: Type.Optional(Type.String({ minLength: 1 })),
+  STRIPE_WEBHOOK_SECRET: Type.Optional(Type.String({ minLength: 1 })),
+  TWILIO_AUTH_TOKEN: Type.Optional(Type.String({ minLength: 1 })),
+  META_APP_SECRET: Type.Optional(Type.String({ minLength: 1 })),
+  META_VERIFY_TOKEN: Type.Optional(Type.String({ minLength: 1 })),
+  ENCRYPTION_KEY: Type.Optional(
+    Type.String({ pattern: '^[A-Za-z0-9+/]{43}=$', description: '32 random bytes, base64 (openssl rand -base64 32)' }),
+  ),
+  WEBHOOK_ALLOW_PRIVATE_TARGETS: Type.Boolean({ default: false }),
+  WORKERS: Type.Boolean({ default: true, description: 'Run queued jobs inside this process' }),
+})
+
+export type Config = Static<typeof ConfigSchema> & { PUBLIC_URL: string }
+
+export class ConfigError extends Error {
+  constructor(
+    readonly variable: string,
+    readonly problem: string,
+  ) {
+    super(`Invalid configuration: ${variable} ${problem}`)
+    this.name = 'ConfigError'
+  }
+}
+
+const BOOLEAN_WORDS: Record<string, boolean> = { true: true, false: false, '1': true, '0': false, yes: true, no: false }
+
+function describe(schema: Record<string, unknown>): string {
+  if ('anyOf' in schema && Array.isArray(schema.anyOf)) {
+    const literals = schema.anyOf.map((member: { const?: unknown }) => member.const).filter((v) => v !== undefined)
+    if (literals.length === schema.anyOf.length) return `must be one of ${literals.join(', ')}`
+    return 'must be true, false or a number'
+  }
+  switch (schema.type) {
+    case 'integer': {
+      const range = [schema.minimum, schema.maximum].every((v) => v !== undefined)
+        ? ` between ${schema.minimum} and ${schema.maximum}`
+        : ''
+      return `must be an integer${range}`
+    }
+    case 'boolean':
+      return 'must be true or false'
+    default:
+      if (schema.format === 'uri') return 'must be an absolute URL'
+      if (typeof schema.pattern === 'string') return `must match ${schema.pattern}`
+      return 'must be a non-empty string'
+  }
+}
+
+function coerce(schema: Record<string, unknown>, raw: string): unknown {
+  const accepts = (type: string) =>
+    schema.type === type ||
+    (Array.isArray(schema.anyOf) && schema.anyOf.some((m: { type?: string }) => m.type === type))
+  const trimmed = raw.trim()
+  const numeric = /^-?\d+(\.\d+)?$/.test(trimmed)
+  // A variable that takes a number or a boolean (TRUST_PROXY) reads "1" as a count, not as true.
+  if ((accepts('integer') || accepts('number')) && numeric) return Number(trimmed)
+  const lowered = trimmed.toLowerCase()
+  if (accepts('boolean') && lowered in BOOLEAN_WORDS) return BOOLEAN_WORDS[lowered]
+  return raw
+}
+
+/**
+ * Reads the environment (plus `.env` in the working directory, whose values never override the real
+ * environment), validates it against ConfigSchema and returns a typed config. The first problem
+ * found throws a ConfigError whose message names the variable and never echoes its value, because
+ * the value may be a secret.
+ */
+export function loadConfig(options: { env?: NodeJS.ProcessEnv; envFile?: string | false } = {}): Config {
+  const fromFile: Record<string, string> = {}
+  const envFile = options.envFile ?? '.env'
+  if (envFile && existsSync(envFile)) Object.assign(fromFile, parseEnv(readFileSync(envFile, 'utf8')))
+  const env = { ...fromFile, ...(options.env ?? process.env) }
+
+  const values: Record<string, unknown> = {}
+  for (const [name, property] of Object.entries(ConfigSchema.properties)) {
+    const schema = property as unknown as Record<string, unknown>
+    const raw = env[name]
+    if (raw === undefined || raw.trim() === '') continue
+    const value = coerce(schema, raw)
+    if (!Value.Check(property, value)) throw new ConfigError(name, describe(schema))
+    values[name] = value
+  }
+  const config = Value.Default(ConfigSchema, values) as Static<typeof ConfigSchema>
+  if (!Value.Check(ConfigSchema, config)) {
+    const [first] = Value.Errors(ConfigSchema, config)
+    throw new ConfigError(first?.instancePath.slice(1) || 'environment', first?.message ?? 'is invalid')
+  }
+
+  const external = [config.AUTH_EXTERNAL_JWKS_URL, config.AUTH_EXTERNAL_ISSUER, config.AUTH_EXTERNAL_AUDIENCE]
+  if (external.some(Boolean) && !external.every(Boolean)) {
+    throw new ConfigError(
+      'AUTH_EXTERNAL_JWKS_URL',
+      'must be set together with AUTH_EXTERNAL_ISSUER and AUTH_EXTERNAL_AUDIENCE',
+    )
+  }
+  for (const origin of corsOrigins(config.CORS_ORIGINS)) {
+    if (origin !== '*' && !/^https?:\/\/[^/\s]+$/.test(origin)) {
+      throw new ConfigError('CORS_ORIGINS', 'must be a comma-separated list of origins like https://app.example.com')
+    }
+  }
+  if (config.NODE_ENV === 'production' && config.WEBHOOK_ALLOW_PRIVATE_TARGETS) {
+    throw new ConfigError('WEBHOOK_ALLOW_PRIVATE_TARGETS', 'must not be true in production')
+  }
+
+  const port = config.PORT === 0 ? 3000 : config.PORT
+  return { ...config, PUBLIC_URL: (config.PUBLIC_URL ?? `http://localhost:${port}`).replace(/\/+$/, '') }
+}
+
+export function corsOrigins(list: string): string[] {
+  return list
+    .split(',')
+    .map((origin) => origin.trim())
+    .filter(Boolean)
+}

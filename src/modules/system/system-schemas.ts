@@ -1,0 +1,25 @@
+import { type Static, Type } from 'typebox'
+
+export const HealthSchema = Type.Object({ status: Type.Literal('ok') }, { $id: 'Health', title: 'Health' })
+
+const ServiceStatus = Type.Union([Type.Literal('healthy'), Type.Literal('degraded'), Type.Literal('unhealthy')])
+
+export const ServiceCheckSchema = Type.Object(
+  {
+    status: ServiceStatus,
+    latencyMs: Type.Optional(Type.Number()),
+    message: Type.Optional(Type.String()),
+  },
+  { $id: 'ServiceCheck', title: 'ServiceCheck' },
+)
+export type ServiceCheck = Static<typeof ServiceCheckSchema>
+
+export const ReadinessSchema = Type.Object(
+  {
+    status: ServiceStatus,
+    timestamp: Type.String({ format: 'date-time' }),
+    services: Type.Record(Type.String(), Type.Unsafe<ServiceCheck>(Type.Ref('ServiceCheck'))),
+  },
+  { $id: 'Readiness', title: 'Readiness' },
+)
+export type Readiness = Static<typeof ReadinessSchema>

@@ -1,0 +1,45 @@
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import type { Config } from '../config.js'
+import { type Database, type DatabaseHandle, openDatabase } from '../db/client.js'
+import { runMigrations } from '../db/migrate.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Drizzle handle; only repositories use it. */
+    db: Database
+    /** Engine, health check and lifecycle of the database behind `db`. */
+    database: DatabaseHandle
+  }
+}
+
+export interface DbPluginOptions {
+  config: Config
+  /** A database opened by the caller (tests); the app still owns it and closes it. */
+  database?: DatabaseHandle
+}
+
+async function dbPlugin(app: FastifyInstance, { config, database: given }: DbPluginOptions) {
+  const database =
+    given ??
+    (await openDatabase(config, {
+      onPoolError: (error) => app.log.warn({ err: error }, 'idle database connection failed'),
+    }))
+  app.addHook('onClose', async () => {
+    await database.close()
+  })
+  // The embedded database belongs to this process, so it is always brought up to date. A shared
+  // PostgreSQL is migrated on start only when asked, typically by one release step.
+  if (database.engine === 'pglite' || config.MIGRATE_ON_START) {
+    try {
+      await runMigrations(database)
+    } catch (error) {
+      await database.close()
+      throw error
+    }
+  }
+  app.decorate('database', database)
+  app.decorate('db', database.db)
+}
+
+export default fp(dbPlugin, { name: 'db', fastify: '5.x' })

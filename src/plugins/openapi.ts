@@ -1,0 +1,77 @@
+import swagger from '@fastify/swagger'
+import swaggerUi from '@fastify/swagger-ui'
+import type { FastifyInstance, RouteOptions } from 'fastify'
+import fp from 'fastify-plugin'
+import type { Config } from '../config.js'
+
+type JsonSchema = { type?: unknown; additionalProperties?: unknown; properties?: Record<string, unknown> }
+
+/**
+ * The API contract every route must state, because the OpenAPI document is generated from route
+ * schemas and nothing else: an operationId, tags, a response schema per status, and input objects
+ * that refuse unknown properties. Returns the violations; an empty list means the route conforms.
+ */
+export function routeContractViolations(route: Pick<RouteOptions, 'method' | 'url' | 'schema'>): string[] {
+  const schema = route.schema as
+    | (Record<string, unknown> & { hide?: boolean; response?: Record<string, unknown>; tags?: unknown[] })
+    | undefined
+  if (schema?.hide) return []
+  const violations: string[] = []
+  if (!schema) return ['has no schema']
+  if (typeof schema.operationId !== 'string' || schema.operationId === '') violations.push('has no operationId')
+  if (!Array.isArray(schema.tags) || schema.tags.length === 0) violations.push('has no tags')
+  const statuses = Object.keys(schema.response ?? {})
+  if (statuses.length === 0) violations.push('declares no response schemas')
+  else if (!statuses.some((status) => /^[23]/.test(status))) violations.push('declares no success response')
+  for (const part of ['body', 'querystring', 'params'] as const) {
+    const input = schema[part] as JsonSchema | undefined
+    if (input && input.type === 'object' && input.additionalProperties !== false) {
+      violations.push(`${part} schema accepts unknown properties (set additionalProperties: false)`)
+    }
+  }
+  return violations
+}
+
+async function openapiPlugin(app: FastifyInstance, { config }: { config: Config }) {
+  app.addHook('onRoute', (route) => {
+    const violations = routeContractViolations(route)
+    if (violations.length > 0) {
+      throw new Error(`Route ${[route.method].flat().join(',')} ${route.url} ${violations.join('; ')}`)
+    }
+  })
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'Backplane API',
+        version: '1.0.0',
+        description:
+          'Backend API for SaaS products: accounts and API keys, tenant-isolated projects, streamed AI chat, webhooks and billing. Errors are RFC 9457 problem+json.',
+      },
+      servers: [{ url: config.PUBLIC_URL }],
+      tags: [{ name: 'system', description: 'Liveness, readiness, metrics and discovery' }],
+      components: {
+        securitySchemes: {
+          bearer: {
+            type: 'http',
+            scheme: 'bearer',
+            description: 'An access token (JWT) or an API key',
+          },
+        },
+      },
+    },
+    // Shared schemas keep their $id as the component name (`#/components/schemas/Problem`).
+    refResolver: {
+      buildLocalReference: (json, _baseUri, _fragment, index) => String(json.$id ?? `Schema${index}`),
+    },
+  })
+  await app.register(swaggerUi, {
+    routePrefix: '/docs',
+    staticCSP: true,
+    uiConfig: { deepLinking: true, defaultModelsExpandDepth: 1 },
+  })
+  app.get('/openapi.json', { schema: { hide: true }, config: { rateLimit: false } }, async () => app.swagger())
+}
+
+export default fp(openapiPlugin, { name: 'openapi', fastify: '5.x' })
