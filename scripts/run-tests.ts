@@ -108,9 +108,9 @@ async function main() {
   let exitCode = 0
   for (const engine of engines) {
     banner(`Test pass: ${engine}`)
-    const resultsDir = join(process.cwd(), '.tap', 'test-results')
-    rmSync(resultsDir, { recursive: true, force: true })
-    const code = await runTap(engine, env, tapArgs)
+    // Raw TAP per file, in this run's own folder, so concurrent runs never count each other.
+    const resultsDir = join(tmp, `results-${engine}`)
+    const code = await runTap(engine, env, ['--output-dir', resultsDir, ...tapArgs])
     const counts = countResults(resultsDir)
     // A file that crashed before reporting still fails the pass.
     if (code !== 0 && counts.failed === 0) counts.failed = 1

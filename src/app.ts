@@ -13,7 +13,14 @@ import type { DestinationStream } from 'pino'
 import type { Config } from './config.js'
 import type { DatabaseHandle } from './db/client.js'
 import { LOG_REDACT_PATHS, redactUrl } from './lib/redact.js'
+import { authSchemas } from './modules/auth/auth-schemas.js'
+import { authModule } from './modules/auth/index.js'
+import { orgsModule } from './modules/orgs/index.js'
+import { orgsSchemas } from './modules/orgs/orgs-schemas.js'
 import { systemModule } from './modules/system/index.js'
+import { systemSchemas } from './modules/system/system-schemas.js'
+import authPlugin from './plugins/auth.js'
+import cryptoPlugin from './plugins/crypto.js'
 import dbPlugin from './plugins/db.js'
 import errorsPlugin from './plugins/errors.js'
 import observabilityPlugin from './plugins/observability.js'
@@ -107,7 +114,16 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   await app.register(rateLimitPlugin, { config })
   await app.register(dbPlugin, { config, ...(overrides.database ? { database: overrides.database } : {}) })
 
+  await app.register(cryptoPlugin, { config })
+  await app.register(authPlugin, { config })
+
+  // Named component schemas are global, like the OpenAPI document's one components section, so
+  // that one module's responses can reference another's shapes (an Org carries a Role).
+  for (const schema of [...systemSchemas, ...authSchemas, ...orgsSchemas]) app.addSchema(schema)
+
   await app.register(systemModule)
+  await app.register(authModule)
+  await app.register(orgsModule)
 
   return app
 }

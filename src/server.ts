@@ -15,7 +15,11 @@ let app: Awaited<ReturnType<typeof buildApp>>
 try {
   app = await buildApp(config)
 } catch (error) {
-  console.error(`Start-up failed: ${error instanceof Error ? error.message : String(error)}`)
+  console.error(
+    error instanceof ConfigError
+      ? error.message
+      : `Start-up failed: ${error instanceof Error ? error.message : String(error)}`,
+  )
   process.exit(1)
 }
 

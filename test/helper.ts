@@ -16,9 +16,15 @@ interface Teardown {
   teardown(fn: () => unknown): void
 }
 
+/** A fixed key, so no test writes a generated key file into the working directory. */
+export const TEST_ENCRYPTION_KEY = Buffer.alloc(32, 7).toString('base64')
+
 /** Config as the server would load it from this environment, with test defaults. */
 export function testConfig(env: Record<string, string> = {}): Config {
-  return loadConfig({ env: { NODE_ENV: 'test', LOG_LEVEL: 'silent', ...env }, envFile: false })
+  return loadConfig({
+    env: { NODE_ENV: 'test', LOG_LEVEL: 'silent', ENCRYPTION_KEY: TEST_ENCRYPTION_KEY, ...env },
+    envFile: false,
+  })
 }
 
 /** Collects the app's log lines as parsed objects. */

@@ -1,5 +1,7 @@
 import { fileURLToPath } from 'node:url'
 import type { PGlite } from '@electric-sql/pglite'
+import { sql } from 'drizzle-orm'
+import { readMigrationFiles } from 'drizzle-orm/migrator'
 import { drizzle as drizzleNodePostgres } from 'drizzle-orm/node-postgres'
 import { migrate as migrateNodePostgres } from 'drizzle-orm/node-postgres/migrator'
 import { drizzle as drizzlePglite } from 'drizzle-orm/pglite'
@@ -38,6 +40,21 @@ export async function runMigrations(handle: DatabaseHandle): Promise<void> {
   } catch (error) {
     throw explainMigrationFailure(error)
   }
+}
+
+/**
+ * How many of this release's migrations the database lacks. Drizzle applies every migration newer
+ * than the last one recorded, so that is what counts as pending.
+ */
+export async function pendingMigrations(handle: DatabaseHandle): Promise<number> {
+  const migrations = readMigrationFiles({ migrationsFolder: MIGRATIONS_FOLDER })
+  const rows = async (query: ReturnType<typeof sql>) =>
+    ((await handle.db.execute(query)) as unknown as { rows: Record<string, unknown>[] }).rows
+  const [journal] = await rows(sql`select to_regclass('drizzle.__drizzle_migrations') is not null as present`)
+  if (!journal?.present) return migrations.length
+  const [last] = await rows(sql`select max(created_at)::text as applied from drizzle.__drizzle_migrations`)
+  const applied = last?.applied == null ? Number.NEGATIVE_INFINITY : Number(last.applied)
+  return migrations.filter((migration) => migration.folderMillis > applied).length
 }
 
 function explainMigrationFailure(error: unknown): Error {

@@ -18,8 +18,14 @@ export const ProblemSchema = Type.Object(
 )
 export type Problem = Static<typeof ProblemSchema>
 
-/** Use in route response schemas: `404: ProblemResponse`. */
-export const ProblemResponse = Type.Unsafe<Problem>(Type.Ref('Problem'))
+/**
+ * Use in route response schemas: `404: ProblemResponse`. Declared per media type so that both the
+ * serializer and the OpenAPI document say `application/problem+json`, which is what is sent.
+ */
+export const ProblemResponse = Type.Unsafe<Problem>({
+  description: 'Problem details (RFC 9457)',
+  content: { 'application/problem+json': { schema: Type.Ref('Problem') } },
+})
 
 export interface FieldError {
   path: string

@@ -33,6 +33,9 @@ export const LOG_REDACT_PATHS = [
     `req.headers["${header}"]`,
     `res.headers["${header}"]`,
     `headers["${header}"]`,
+    `*.headers["${header}"]`,
+    // `request.log.info(request.headers)` puts the header names at the top level.
+    `["${header}"]`,
   ]),
   ...SECRET_FIELDS.flatMap((field) => [field, `*.${field}`, `*.*.${field}`]),
 ]

@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Config } from '../config.js'
 import { type Database, type DatabaseHandle, openDatabase } from '../db/client.js'
-import { runMigrations } from '../db/migrate.js'
+import { MigrationError, pendingMigrations, runMigrations } from '../db/migrate.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -36,6 +36,19 @@ async function dbPlugin(app: FastifyInstance, { config, database: given }: DbPlu
     } catch (error) {
       await database.close()
       throw error
+    }
+  } else {
+    // Otherwise an unmigrated PostgreSQL would surface later as raw SQL errors about missing tables.
+    // An unreachable one is not fatal here: readiness reports it until it comes back.
+    const pending = await pendingMigrations(database).catch((error) => {
+      app.log.warn({ err: error }, 'could not check the database schema version')
+      return 0
+    })
+    if (pending > 0) {
+      await database.close()
+      throw new MigrationError(
+        `The database lacks ${pending} migration(s) of this release: run \`npm run migrate\` or set MIGRATE_ON_START=true`,
+      )
     }
   }
   app.decorate('database', database)

@@ -50,7 +50,12 @@ async function openapiPlugin(app: FastifyInstance, { config }: { config: Config 
           'Backend API for SaaS products: accounts and API keys, tenant-isolated projects, streamed AI chat, webhooks and billing. Errors are RFC 9457 problem+json.',
       },
       servers: [{ url: config.PUBLIC_URL }],
-      tags: [{ name: 'system', description: 'Liveness, readiness, metrics and discovery' }],
+      tags: [
+        { name: 'system', description: 'Liveness, readiness, metrics and discovery' },
+        { name: 'auth', description: 'Accounts, sessions and token signing keys' },
+        { name: 'api-keys', description: 'Scoped API keys for servers and scripts' },
+        { name: 'orgs', description: 'Organizations, members, roles and the audit log' },
+      ],
       components: {
         securitySchemes: {
           bearer: {

@@ -59,14 +59,20 @@ async function securityPlugin(app: FastifyInstance, { config }: { config: Config
       else done(error as Error)
     }
   }
-  app.removeContentTypeParser(['application/json'])
+  // Only JSON by default: modules that take other formats (webhooks) register their own parsers.
+  app.removeContentTypeParser(['application/json', 'text/plain'])
   app.addContentTypeParser('application/json', { parseAs: 'string' }, jsonParser)
   app.addContentTypeParser(/^application\/[\w.+-]+\+json$/, { parseAs: 'string' }, jsonParser)
 
   let closing = false
+  let idleReaper: NodeJS.Timeout | undefined
   app.addHook('preClose', async () => {
     closing = true
+    // Node closes idle keep-alive connections once, when closing starts; a connection whose request
+    // finishes afterwards would stay open until its keep-alive timeout and stall shutdown.
+    idleReaper = setInterval(() => app.server.closeIdleConnections(), 100).unref()
   })
+  app.addHook('onClose', async () => clearInterval(idleReaper))
   app.addHook('onRequest', async (request, reply) => {
     if (!closing) return
     // Requests that arrive on kept-alive connections during shutdown are told to go elsewhere.

@@ -1,2 +1,3 @@
 // Every module's tables, one file per module, re-exported here for Drizzle and drizzle-kit.
+export * from './auth.js'
 export * from './system.js'

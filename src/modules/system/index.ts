@@ -1,13 +1,9 @@
 import type { FastifyInstance } from 'fastify'
 import { systemRoutes } from './system-routes.js'
-import { HealthSchema, ReadinessSchema, ServiceCheckSchema } from './system-schemas.js'
 import { databaseProbe, type ReadinessProbe, redisProbe } from './system-service.js'
 
 /** Operational endpoints at the root: /health, /ready, /metrics. */
 export async function systemModule(app: FastifyInstance) {
-  app.addSchema(HealthSchema)
-  app.addSchema(ServiceCheckSchema)
-  app.addSchema(ReadinessSchema)
   const probes: ReadinessProbe[] = [databaseProbe(app.database)]
   if (app.redis) probes.push(redisProbe(app.redis))
   await app.register(systemRoutes, { probes })

@@ -23,3 +23,5 @@ export const ReadinessSchema = Type.Object(
   { $id: 'Readiness', title: 'Readiness' },
 )
 export type Readiness = Static<typeof ReadinessSchema>
+
+export const systemSchemas = [HealthSchema, ServiceCheckSchema, ReadinessSchema]

@@ -1,0 +1,128 @@
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import type { Config } from '../config.js'
+import { createAuthRepository } from '../modules/auth/auth-repository.js'
+import { type AuthService, createAuthService, looksLikeApiKey } from '../modules/auth/auth-service.js'
+import type { AuthContext, Role, Scope } from '../modules/auth/authorization.js'
+import { createLoginThrottle } from '../modules/auth/login-throttle.js'
+import { createTokenService, TokenError, type TokenService } from '../modules/auth/token-service.js'
+import { createOrgsRepository } from '../modules/orgs/orgs-repository.js'
+import { createOrgsService, type OrgsModuleService } from '../modules/orgs/orgs-service.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    authService: AuthService
+    tokenService: TokenService
+    orgsService: OrgsModuleService
+  }
+  interface FastifyRequest {
+    /** Why a presented credential was refused; reported only if the route needs a caller. */
+    authFailure: string | null
+  }
+}
+
+/** The audience of access tokens: this API, distinct from the issuer URL itself. */
+export const accessTokenAudience = (config: Config) => `${config.PUBLIC_URL}/api`
+
+/**
+ * Who is calling. Every request with `Authorization: Bearer ...` is resolved once, here, to
+ * `request.auth` (user or API key, roles per org, scopes, how authenticated); routes then ask
+ * `requireAuth`, `requireOrgRole`, `requireScope`. A refused credential does not fail public routes.
+ */
+async function authPlugin(app: FastifyInstance, { config }: { config: Config }) {
+  const orgsService = createOrgsService({ db: app.db, repository: createOrgsRepository(app.db) })
+  const tokenService = createTokenService({
+    repository: createAuthRepository(app.db),
+    cryptoBox: app.cryptoBox,
+    issuer: config.PUBLIC_URL,
+    audience: accessTokenAudience(config),
+    ...(config.AUTH_EXTERNAL_JWKS_URL && config.AUTH_EXTERNAL_ISSUER && config.AUTH_EXTERNAL_AUDIENCE
+      ? {
+          external: {
+            jwksUrl: config.AUTH_EXTERNAL_JWKS_URL,
+            issuer: config.AUTH_EXTERNAL_ISSUER,
+            audience: config.AUTH_EXTERNAL_AUDIENCE,
+          },
+        }
+      : {}),
+  })
+  // Keys load lazily if the database is unreachable now; readiness reports the outage meanwhile.
+  await tokenService.init().catch((error) => app.log.warn({ err: error }, 'signing keys not loaded yet'))
+  const authService = createAuthService({
+    db: app.db,
+    repository: createAuthRepository(app.db),
+    tokens: tokenService,
+    orgs: orgsService,
+    throttle: createLoginThrottle(app.redis),
+  })
+  app.decorate('authService', authService)
+  app.decorate('tokenService', tokenService)
+  app.decorate('orgsService', orgsService)
+  app.decorateRequest('auth', null)
+  app.decorateRequest('authFailure', null)
+
+  async function rolesOf(userId: string): Promise<Map<string, Role>> {
+    const memberships = await orgsService.membershipsOf(userId)
+    return new Map(memberships.map((membership) => [membership.orgId, membership.role]))
+  }
+
+  async function authenticate(request: FastifyRequest, credential: string): Promise<AuthContext> {
+    if (looksLikeApiKey(credential)) {
+      const key = await authService.findLiveApiKey(credential)
+      if (!key) throw new TokenError('unknown, revoked or expired API key')
+      const creatorRole = (await rolesOf(key.createdBy)).get(key.orgId)
+      // A key is never more than its creator is now: leaving the org disables it.
+      if (!creatorRole) throw new TokenError('the creator of this API key left its organization')
+      return {
+        via: 'api-key',
+        userId: key.createdBy,
+        apiKey: { id: key.id, orgId: key.orgId },
+        scopes: new Set(key.scopes as Scope[]),
+        roles: new Map([[key.orgId, creatorRole]]),
+      }
+    }
+    const verified = await tokenService.verify(credential)
+    const userId =
+      verified.issuer === 'self'
+        ? verified.subject
+        : await authService.provisionExternal({
+            issuer: config.AUTH_EXTERNAL_ISSUER as string,
+            subject: verified.subject,
+            ...(verified.email ? { email: verified.email } : {}),
+            ...(verified.name ? { name: verified.name } : {}),
+          })
+    const roles = await rolesOf(userId)
+    if (verified.issuer === 'self' && roles.size === 0) {
+      // Every account has a personal org; none means the account is gone.
+      throw new TokenError('unknown account')
+    }
+    request.log.trace({ via: verified.issuer }, 'authenticated')
+    return {
+      via: verified.issuer === 'self' ? 'access-token' : 'external-token',
+      userId,
+      apiKey: null,
+      scopes: null,
+      roles,
+    }
+  }
+
+  app.addHook('onRequest', async (request) => {
+    const header = request.headers.authorization
+    if (!header) return
+    const match = /^Bearer +([\x21-\x7e]+) *$/i.exec(header)
+    if (!match?.[1]) {
+      request.authFailure = 'The Authorization header must be "Bearer <token>".'
+      return
+    }
+    try {
+      request.auth = await authenticate(request, match[1])
+      request.userId = request.auth.userId
+    } catch (error) {
+      if (!(error instanceof TokenError)) throw error
+      request.log.debug({ reason: error.message }, 'credential refused')
+      request.authFailure = 'The access token or API key is invalid or expired.'
+    }
+  })
+}
+
+export default fp(authPlugin, { name: 'auth', fastify: '5.x', dependencies: ['db', 'crypto', 'redis'] })
