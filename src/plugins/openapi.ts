@@ -13,8 +13,7 @@ type JsonSchema = { type?: unknown; additionalProperties?: unknown; properties?:
  */
 export function routeContractViolations(route: Pick<RouteOptions, 'method' | 'url' | 'schema'>): string[] {
   const schema = route.schema as
-    | (Record<string, unknown> & { hide?: boolean; response?: Record<string, unknown>; tags?: unknown[] })
-    | undefined
+    (Record<string, unknown> & { hide?: boolean; response?: Record<string, unknown>; tags?: unknown[] }) | undefined
   if (schema?.hide) return []
   const violations: string[] = []
   if (!schema) return ['has no schema']

@@ -167,7 +167,7 @@ t.test('.env file', async (t) => {
 
 t.test('.env.example documents every variable with its default', async (t) => {
   const examplePath = join(ROOT, '.env.example')
-  let text = ''
+  let text: string
   try {
     text = readFileSync(examplePath, 'utf8')
   } catch {

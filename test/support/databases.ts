@@ -1,3 +1,4 @@
+import type { PGlite } from '@electric-sql/pglite'
 import { randomBytes } from 'node:crypto'
 import { readFileSync, writeFileSync } from 'node:fs'
 import pg from 'pg'
@@ -10,7 +11,7 @@ export const POSTGRES_TEMPLATE = 'backplane_test_template'
 export async function writePgliteTemplate(path: string): Promise<void> {
   const database = await openPglite(undefined)
   await runMigrations(database)
-  const dump = await (database.client as import('@electric-sql/pglite').PGlite).dumpDataDir('none')
+  const dump = await (database.client as PGlite).dumpDataDir('none')
   writeFileSync(path, Buffer.from(await dump.arrayBuffer()))
   await database.close()
 }

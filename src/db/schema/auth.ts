@@ -102,7 +102,10 @@ export const apiKeys = pgTable(
     // First characters of the key, shown in lists so people can tell keys apart.
     prefix: text().notNull(),
     keyHash: text().notNull(),
-    scopes: text().array().notNull().default(sql`'{}'::text[]`),
+    scopes: text()
+      .array()
+      .notNull()
+      .default(sql`'{}'::text[]`),
     expiresAt: timestamp({ withTimezone: true }),
     lastUsedAt: timestamp({ withTimezone: true }),
     revokedAt: timestamp({ withTimezone: true }),
