@@ -38,7 +38,7 @@ export const ConfigSchema = Type.Object({
   JSON_MAX_DEPTH: Type.Integer({ minimum: 2, maximum: 1000, default: 64 }),
   REQUEST_TIMEOUT_MS: Millis(100, 30_000, 'Time a client has to send a whole request'),
   HEADERS_TIMEOUT_MS: Millis(100, 15_000, 'Time a client has to send the request headers'),
-  CONNECTION_TIMEOUT_MS: Millis(0, 120_000, 'Idle socket timeout'),
+  CONNECTION_TIMEOUT_MS: Millis(0, 0, 'Idle socket timeout (0: off; see README)'),
   KEEP_ALIVE_TIMEOUT_MS: Millis(100, 72_000, 'Keep-alive idle time, above any load balancer idle timeout'),
   SHUTDOWN_TIMEOUT_MS: Millis(100, 10_000, 'How long in-flight requests may finish on shutdown'),
   RATE_LIMIT_MAX: Type.Integer({ minimum: 1, default: 600, description: 'Requests per window per client' }),

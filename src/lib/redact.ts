@@ -28,17 +28,47 @@ const SECRET_FIELDS = [
   'encryptionKey',
 ]
 
-export const LOG_REDACT_PATHS = [
-  ...SECRET_HEADERS.flatMap((header) => [
-    `req.headers["${header}"]`,
-    `res.headers["${header}"]`,
-    `headers["${header}"]`,
-    `*.headers["${header}"]`,
-    // `request.log.info(request.headers)` puts the header names at the top level.
-    `["${header}"]`,
-  ]),
-  ...SECRET_FIELDS.flatMap((field) => [field, `*.${field}`, `*.*.${field}`]),
-]
+const SECRET_KEYS = new Set([...SECRET_HEADERS, ...SECRET_FIELDS].map((key) => key.toLowerCase()))
+const MAX_DEPTH = 6
+export const REDACTED = '[REDACTED]'
+
+function isPlainObject(value: object): value is Record<string, unknown> {
+  const prototype = Object.getPrototypeOf(value)
+  return prototype === Object.prototype || prototype === null
+}
+
+/**
+ * Returns the log object with the value of every credential-named key (headers and fields, at
+ * any depth) replaced. Copy-on-write: an object without secrets is returned as is, so the common
+ * log line costs a handful of key lookups. Used as pino's `formatters.log`; pino's own path-based
+ * redaction needs wildcard paths for this and costs a wildcard match on every key of every line.
+ */
+export function redactSecrets<T extends Record<string, unknown>>(value: T, depth = 0): T {
+  let copy: Record<string, unknown> | undefined
+  for (const key in value) {
+    const item: unknown = value[key]
+    let replacement = item
+    if (SECRET_KEYS.has(key.toLowerCase())) {
+      if (item !== undefined && item !== null && item !== '') replacement = REDACTED
+    } else if (depth < MAX_DEPTH && typeof item === 'object' && item !== null) {
+      if (Array.isArray(item)) {
+        const mapped = item.map((element: unknown) =>
+          typeof element === 'object' && element !== null && isPlainObject(element)
+            ? redactSecrets(element, depth + 1)
+            : element,
+        )
+        if (mapped.some((element, index) => element !== item[index])) replacement = mapped
+      } else if (isPlainObject(item)) {
+        replacement = redactSecrets(item, depth + 1)
+      }
+    }
+    if (replacement !== item) {
+      copy ??= { ...value }
+      copy[key] = replacement
+    }
+  }
+  return (copy ?? value) as T
+}
 
 const SECRET_QUERY_PARAM = /token|key|secret|password|signature|code|auth|session/i
 

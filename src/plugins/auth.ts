@@ -3,7 +3,7 @@ import fp from 'fastify-plugin'
 import type { Config } from '../config.js'
 import { createAuthRepository } from '../modules/auth/auth-repository.js'
 import { type AuthService, createAuthService, looksLikeApiKey } from '../modules/auth/auth-service.js'
-import type { AuthContext, Role, Scope } from '../modules/auth/authorization.js'
+import type { AuthContext, Scope } from '../modules/auth/authorization.js'
 import { createLoginThrottle } from '../modules/auth/login-throttle.js'
 import { createTokenService, TokenError, type TokenService } from '../modules/auth/token-service.js'
 import { createOrgsRepository } from '../modules/orgs/orgs-repository.js'
@@ -61,16 +61,20 @@ async function authPlugin(app: FastifyInstance, { config }: { config: Config }) 
   app.decorateRequest('auth', null)
   app.decorateRequest('authFailure', null)
 
-  async function rolesOf(userId: string): Promise<Map<string, Role>> {
+  async function membershipsOf(userId: string) {
     const memberships = await orgsService.membershipsOf(userId)
-    return new Map(memberships.map((membership) => [membership.orgId, membership.role]))
+    return {
+      roles: new Map(memberships.map((membership) => [membership.orgId, membership.role])),
+      orgs: memberships.map(({ orgId, orgName, personal }) => ({ orgId, orgName, personal })),
+    }
   }
 
   async function authenticate(request: FastifyRequest, credential: string): Promise<AuthContext> {
     if (looksLikeApiKey(credential)) {
       const key = await authService.findLiveApiKey(credential)
       if (!key) throw new TokenError('unknown, revoked or expired API key')
-      const creatorRole = (await rolesOf(key.createdBy)).get(key.orgId)
+      const creator = await membershipsOf(key.createdBy)
+      const creatorRole = creator.roles.get(key.orgId)
       // A key is never more than its creator is now: leaving the org disables it.
       if (!creatorRole) throw new TokenError('the creator of this API key left its organization')
       return {
@@ -79,6 +83,7 @@ async function authPlugin(app: FastifyInstance, { config }: { config: Config }) 
         apiKey: { id: key.id, orgId: key.orgId },
         scopes: new Set(key.scopes as Scope[]),
         roles: new Map([[key.orgId, creatorRole]]),
+        orgs: creator.orgs.filter((org) => org.orgId === key.orgId),
       }
     }
     const verified = await tokenService.verify(credential)
@@ -91,7 +96,7 @@ async function authPlugin(app: FastifyInstance, { config }: { config: Config }) 
             ...(verified.email ? { email: verified.email } : {}),
             ...(verified.name ? { name: verified.name } : {}),
           })
-    const roles = await rolesOf(userId)
+    const { roles, orgs } = await membershipsOf(userId)
     if (verified.issuer === 'self' && roles.size === 0) {
       // Every account has a personal org; none means the account is gone.
       throw new TokenError('unknown account')
@@ -103,12 +108,11 @@ async function authPlugin(app: FastifyInstance, { config }: { config: Config }) 
       apiKey: null,
       scopes: null,
       roles,
+      orgs,
     }
   }
 
-  app.addHook('onRequest', async (request) => {
-    const header = request.headers.authorization
-    if (!header) return
+  async function resolveCaller(request: FastifyRequest, header: string) {
     const match = /^Bearer +([\x21-\x7e]+) *$/i.exec(header)
     if (!match?.[1]) {
       request.authFailure = 'The Authorization header must be "Bearer <token>".'
@@ -122,6 +126,13 @@ async function authPlugin(app: FastifyInstance, { config }: { config: Config }) 
       request.log.debug({ reason: error.message }, 'credential refused')
       request.authFailure = 'The access token or API key is invalid or expired.'
     }
+  }
+
+  // Callback style so that requests without credentials pay no promise on the hot path.
+  app.addHook('onRequest', (request, _reply, done) => {
+    const header = request.headers.authorization
+    if (!header) return done()
+    resolveCaller(request, header).then(() => done(), done)
   })
 }
 

@@ -40,16 +40,31 @@ async function observabilityPlugin(app: FastifyInstance) {
   app.decorate('metrics', registry)
   app.decorateRequest('userId', null)
 
-  app.addHook('onSend', async (request, reply) => {
+  // Set up front rather than in an onSend hook: every response, errors included, carries it.
+  app.addHook('onRequest', (request, reply, done) => {
     reply.header('x-request-id', request.id)
+    done()
   })
 
-  app.addHook('onResponse', async (request, reply) => {
+  // Label children are looked up once per (method, route, status), not hashed on every request.
+  type Children = { count: ReturnType<typeof requests.labels>; duration: ReturnType<typeof duration.labels> }
+  const children = new Map<string, Children>()
+  const childrenFor = (method: string, route: string, status: string) => {
+    const key = `${method} ${route} ${status}`
+    let found = children.get(key)
+    if (!found) {
+      const labels = { method, route, status_code: status }
+      found = { count: requests.labels(labels), duration: duration.labels(labels) }
+      children.set(key, found)
+    }
+    return found
+  }
+
+  app.addHook('onResponse', (request, reply, done) => {
     const route = routeLabel(request)
-    const labels = { method: request.method, route, status_code: String(reply.statusCode) }
-    const seconds = reply.elapsedTime / 1000
-    requests.inc(labels)
-    duration.observe(labels, seconds)
+    const metrics = childrenFor(request.method, route, String(reply.statusCode))
+    metrics.count.inc()
+    metrics.duration.observe(reply.elapsedTime / 1000)
     request.log.info(
       {
         method: request.method,
@@ -60,6 +75,7 @@ async function observabilityPlugin(app: FastifyInstance) {
       },
       'request completed',
     )
+    done()
   })
 }
 

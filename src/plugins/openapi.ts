@@ -3,6 +3,7 @@ import swaggerUi from '@fastify/swagger-ui'
 import type { FastifyInstance, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Config } from '../config.js'
+import { helmetHeaders } from './security.js'
 
 type JsonSchema = { type?: unknown; additionalProperties?: unknown; properties?: Record<string, unknown> }
 
@@ -70,8 +71,16 @@ async function openapiPlugin(app: FastifyInstance, { config }: { config: Config 
       buildLocalReference: (json, _baseUri, _fragment, index) => String(json.$id ?? `Schema${index}`),
     },
   })
+  const documentHeaders = helmetHeaders()
   await app.register(swaggerUi, {
     routePrefix: '/docs',
+    // The reference page is an HTML document: it gets helmet's full header set, and its own CSP.
+    uiHooks: {
+      onRequest: (_request, reply, done) => {
+        reply.headers(documentHeaders)
+        done()
+      },
+    },
     staticCSP: true,
     uiConfig: { deepLinking: true, defaultModelsExpandDepth: 1 },
   })

@@ -186,17 +186,12 @@ export function createAuthService(deps: {
     async me(auth: AuthContext) {
       const user = await repository.findUserById(auth.userId)
       if (!user) throw problems.unauthorized()
-      const memberships = await orgs.membershipsOf(auth.userId)
       return {
         user: publicUser(user),
-        memberships: memberships
-          .filter((membership) => auth.roles.has(membership.orgId))
-          .map(({ orgId, orgName, personal, role }) => ({
-            orgId,
-            orgName,
-            personal,
-            role: auth.roles.get(orgId) ?? role,
-          })),
+        memberships: auth.orgs.flatMap(({ orgId, orgName, personal }) => {
+          const role = auth.roles.get(orgId)
+          return role ? [{ orgId, orgName, personal, role }] : []
+        }),
         authenticatedVia: auth.via,
         scopes: auth.scopes ? [...auth.scopes] : null,
       }

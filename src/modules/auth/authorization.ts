@@ -31,6 +31,8 @@ export interface AuthContext {
   scopes: ReadonlySet<Scope> | null
   /** Org id -> role. For an API key: only its org, with its creator's current role. */
   roles: ReadonlyMap<string, Role>
+  /** The orgs behind `roles`, with names, as loaded for this request (saves /auth/me a query). */
+  orgs: readonly { orgId: string; orgName: string; personal: boolean }[]
 }
 
 export function atLeast(role: Role, minimum: Role): boolean {

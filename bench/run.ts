@@ -1,0 +1,161 @@
+import { type Endpoint, formatTable, measure, pinLoadGenerator, type Scenario, startServer, warnIfBusy } from './lib.js'
+
+/**
+ * Throughput of the app relative to a reference, as a report: every scenario prints a ratio and
+ * PASS or FAIL against its target, and the process exits 0 either way. Only a harness failure
+ * (a server that does not start) exits non-zero.
+ *
+ *   npm run bench                    10 s per run
+ *   BENCH_DURATION=5 npm run bench   5 s per run
+ */
+// The authenticated route is rate limited like every API route; the load must not measure 429s.
+const UNLIMITED = { RATE_LIMIT_MAX: String(1_000_000_000) }
+
+/** Creates an account on the freshly started server and authenticates every request as it. */
+async function signUp(baseUrl: string) {
+  const response = await fetch(`${baseUrl}/api/v1/auth/signup`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ email: 'bench@example.com', password: 'a long bench password', name: 'Bench' }),
+  })
+  if (response.status !== 201) throw new Error(`signup failed with ${response.status}`)
+  const { accessToken } = (await response.json()) as { accessToken: string }
+  return { authorization: `Bearer ${accessToken}` }
+}
+
+const SCENARIOS: Scenario[] = [
+  {
+    name: 'health',
+    baseline: { server: 'bare', path: '/health' },
+    candidate: { server: 'app', path: '/health' },
+    target: 0.6,
+  },
+  {
+    // An authenticated read: bearer JWT (signature checked once, then cached until expiry) plus the
+    // caller's memberships and user row from the embedded database, against /health on the same
+    // app. Reported without a target: on PGlite the two indexed reads dominate.
+    name: 'auth-me',
+    baseline: { server: 'app', path: '/health', label: 'app /health', env: UNLIMITED },
+    candidate: {
+      server: 'app',
+      path: '/api/v1/auth/me',
+      label: 'app /auth/me',
+      env: UNLIMITED,
+      prepare: signUp,
+    },
+  },
+]
+
+const WARMUP_SECONDS = 3
+const CONNECTIONS = 100
+const PIPELINING = 1
+// Runs alternate baseline, candidate, baseline, ... so slow drift on the machine hits both sides.
+const ROUNDS = 2
+
+function durationSeconds(): number {
+  const raw = process.env.BENCH_DURATION
+  if (raw === undefined || raw.trim() === '') return 10
+  const seconds = Number(raw)
+  if (!Number.isFinite(seconds) || seconds <= 0) throw new Error('BENCH_DURATION must be a positive number of seconds')
+  return seconds
+}
+
+interface Run {
+  scenario: string
+  side: 'baseline' | 'candidate'
+  label: string
+  round: number
+  requestsPerSecond: number
+  p99Ms: number
+  non2xx: number
+}
+
+const labelOf = (endpoint: Endpoint) => endpoint.label ?? endpoint.server
+const formatNumber = (value: number) => Math.round(value).toLocaleString('en-US')
+
+/** Starts a fresh server for the endpoint, runs its `prepare` hook, loads it and stops it. */
+async function runEndpoint(scenario: Scenario, side: Run['side'], round: number, seconds: number): Promise<Run> {
+  const endpoint = scenario[side]
+  const label = labelOf(endpoint)
+  const server = await startServer(endpoint.server, endpoint.env)
+  try {
+    const prepared = endpoint.prepare ? await endpoint.prepare(server.baseUrl) : {}
+    process.stdout.write(`${scenario.name}: round ${round} ${label} GET ${endpoint.path} ... `)
+    const result = await measure(`${server.baseUrl}${endpoint.path}`, {
+      headers: { ...endpoint.headers, ...prepared },
+      warmupSeconds: WARMUP_SECONDS,
+      durationSeconds: seconds,
+      connections: CONNECTIONS,
+      pipelining: PIPELINING,
+    })
+    console.log(`${formatNumber(result.requestsPerSecond)} req/s, p99 ${formatNumber(result.p99Ms)} ms`)
+    // A 429 or 5xx answers faster than real work, so such a run overstates throughput.
+    if (result.non2xx > 0) {
+      const byStatus = Object.entries(result.non2xxByStatus)
+        .map(([status, count]) => `${status}: ${count}`)
+        .join(', ')
+      console.warn(`WARNING: ${result.non2xx} non-2xx responses (${byStatus || 'status unknown'}); req/s is not valid`)
+    }
+    if (result.errors > 0) console.warn(`WARNING: ${result.errors} connection errors (${result.timeouts} timeouts)`)
+    return { scenario: scenario.name, side, label, round, ...result }
+  } finally {
+    await server.stop()
+  }
+}
+
+const best = (runs: Run[]) => runs.reduce((top, run) => (run.requestsPerSecond > top.requestsPerSecond ? run : top))
+
+async function main() {
+  const seconds = durationSeconds()
+  pinLoadGenerator()
+  await warnIfBusy()
+  console.log(
+    `warmup ${WARMUP_SECONDS} s, measure ${seconds} s, ${CONNECTIONS} connections, pipelining ${PIPELINING}, ` +
+      `${ROUNDS} rounds, best run of each side counts\n`,
+  )
+
+  const runs: Run[] = []
+  const verdicts: string[] = []
+  for (const scenario of SCENARIOS) {
+    const own: Run[] = []
+    for (let round = 1; round <= ROUNDS; round++) {
+      own.push(await runEndpoint(scenario, 'baseline', round, seconds))
+      own.push(await runEndpoint(scenario, 'candidate', round, seconds))
+    }
+    runs.push(...own)
+    const baseline = best(own.filter((run) => run.side === 'baseline'))
+    const candidate = best(own.filter((run) => run.side === 'candidate'))
+    const ratio = candidate.requestsPerSecond / baseline.requestsPerSecond
+    const verdict = scenario.target === undefined ? '' : ratio >= scenario.target ? ' PASS' : ' FAIL'
+    const goal = scenario.target === undefined ? '(reported, no target)' : `(target >= ${scenario.target.toFixed(2)})`
+    const tainted = own.some((run) => run.non2xx > 0) ? ' (non-2xx responses: see warnings)' : ''
+    verdicts.push(
+      `${scenario.name}: ${candidate.label}/${baseline.label} = ${ratio.toFixed(2)} ` + `${goal}${verdict}${tainted}`,
+    )
+  }
+
+  console.log()
+  console.log(
+    formatTable(
+      ['scenario', 'round', 'server', 'req/s', 'p99 ms', 'non-2xx'],
+      runs.map((run) => [
+        run.scenario,
+        String(run.round),
+        run.label,
+        formatNumber(run.requestsPerSecond),
+        formatNumber(run.p99Ms),
+        String(run.non2xx),
+      ]),
+      [1, 3, 4, 5],
+    ),
+  )
+  console.log()
+  for (const verdict of verdicts) console.log(verdict)
+}
+
+try {
+  await main()
+} catch (error) {
+  console.error(`bench failed: ${error instanceof Error ? error.message : String(error)}`)
+  process.exit(1)
+}

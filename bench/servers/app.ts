@@ -1,0 +1,31 @@
+import type { AddressInfo } from 'node:net'
+import { buildApp, logDestination } from '../../src/app.js'
+import { loadConfig } from '../../src/config.js'
+
+/**
+ * The real production app, plugin stack and info-level logging included. Log lines are still
+ * serialised and written, only to /dev/null, so their cost is measured without flooding the terminal.
+ */
+const config = loadConfig({
+  env: {
+    ...process.env,
+    DATABASE_URL: 'memory://',
+    LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'info',
+    NODE_ENV: 'production',
+  },
+  envFile: false,
+})
+const app = await buildApp(config, { logStream: logDestination('/dev/null') })
+
+process.once('SIGTERM', () => {
+  app.close().then(
+    () => process.exit(0),
+    (error: unknown) => {
+      console.error(error)
+      process.exit(1)
+    },
+  )
+})
+
+await app.listen({ host: '127.0.0.1', port: config.PORT })
+process.stdout.write(`READY ${(app.server.address() as AddressInfo).port}\n`)
