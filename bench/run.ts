@@ -116,7 +116,9 @@ async function main() {
 
   const runs: Run[] = []
   const verdicts: string[] = []
-  for (const scenario of SCENARIOS) {
+  // BENCH_ONLY=health runs one scenario (comma-separated names for several).
+  const only = process.env.BENCH_ONLY?.split(',').map((name) => name.trim())
+  for (const scenario of SCENARIOS.filter((candidate) => !only || only.includes(candidate.name))) {
     const own: Run[] = []
     for (let round = 1; round <= ROUNDS; round++) {
       own.push(await runEndpoint(scenario, 'baseline', round, seconds))
