@@ -5,7 +5,8 @@
  * PostgreSQL: TEST_DATABASE_URL (a server where the user may create databases), or a throwaway
  * cluster started from the machine's PostgreSQL binaries. Only when neither exists is the
  * PostgreSQL pass skipped, loudly, and never with REQUIRE_POSTGRES=1. Redis likewise: TEST_REDIS_URL
- * or a throwaway redis-server; REQUIRE_REDIS=1 makes its absence an error.
+ * or a throwaway redis-server; tests that need Redis fail without one, and REQUIRE_REDIS=1 stops
+ * the run before it starts.
  */
 import { spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
@@ -101,7 +102,7 @@ async function main() {
   } else if (process.env.REQUIRE_REDIS === '1') {
     throw new Error('REQUIRE_REDIS=1 but no Redis: set TEST_REDIS_URL or install redis-server')
   } else {
-    warn('NO REDIS FOUND: tests of shared (Redis) counters are SKIPPED. Install redis-server or set TEST_REDIS_URL.')
+    warn('NO REDIS FOUND: the tests of shared (Redis) counters will FAIL. Install redis-server or set TEST_REDIS_URL.')
   }
 
   const engines = postgresUrl ? ['pglite', 'postgres'] : ['pglite']

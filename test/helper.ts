@@ -4,6 +4,8 @@ import type { Redis } from 'ioredis'
 import { type AppOverrides, buildApp } from '../src/app.js'
 import { type Config, loadConfig } from '../src/config.js'
 import { createPostgresDatabase, freshPglite } from './support/databases.js'
+import { startCluster } from './support/postgres-cluster.js'
+import { startRedis } from './support/redis-server.js'
 
 export type Engine = 'pglite' | 'postgres'
 
@@ -14,6 +16,25 @@ export const redisUrl = process.env.TEST_REDIS_URL
 
 interface Teardown {
   teardown(fn: () => unknown): void
+}
+
+/**
+ * The suite's Redis, or (when a file runs on its own, outside the runner) a throwaway
+ * redis-server for this file. Without either, the test fails: it never passes by skipping.
+ */
+export async function redisForTest(t: Teardown): Promise<string> {
+  if (redisUrl) return redisUrl
+  const server = await startRedis()
+  t.teardown(() => server.stop())
+  return server.url
+}
+
+/** The suite's PostgreSQL admin URL, or a throwaway cluster from local binaries for this file. */
+export async function postgresForTest(t: Teardown): Promise<string> {
+  if (postgresAdminUrl) return postgresAdminUrl
+  const cluster = await startCluster()
+  t.teardown(() => cluster.destroy())
+  return cluster.url
 }
 
 /** A fixed key, so no test writes a generated key file into the working directory. */

@@ -7,7 +7,7 @@ import { buildApp } from '../../src/app.js'
 import { type Database, type DatabaseHandle, openDatabase } from '../../src/db/client.js'
 import { MIGRATIONS_FOLDER, pendingMigrations, runMigrations } from '../../src/db/migrate.js'
 import { systemSettings } from '../../src/db/schema/index.js'
-import { buildTestApp, engine, postgresAdminUrl, testConfig } from '../helper.js'
+import { buildTestApp, engine, postgresForTest, testConfig } from '../helper.js'
 import { createPostgresDatabase } from '../support/databases.js'
 import { exitWithin, runNodeScript } from '../support/server-process.js'
 
@@ -114,8 +114,8 @@ t.test('PGlite on disk keeps rows across reopen', async (t) => {
   database = null
 })
 
-t.test('PostgreSQL specifics', { skip: postgresAdminUrl ? false : 'TEST_POSTGRES_URL is not set' }, async (t) => {
-  const adminUrl = postgresAdminUrl as string
+t.test('PostgreSQL specifics', async (t) => {
+  const adminUrl = await postgresForTest(t)
 
   async function emptyDatabase(t: { teardown(fn: () => unknown): void }) {
     const created = await createPostgresDatabase(adminUrl, { empty: true })

@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { Type } from 'typebox'
 import { ProblemResponse } from '../../src/lib/problem.js'
-import { buildTestApp, redisUrl } from '../helper.js'
+import { buildTestApp, redisForTest } from '../helper.js'
 
 const ALLOWED = 'https://app.example.com'
 const ALSO_ALLOWED = 'https://admin.example.com'
@@ -254,13 +254,8 @@ t.test('without CORS_ORIGINS no origin is granted; an unreachable Redis only deg
   })
 })
 
-// The runner starts a redis-server (and CI sets REQUIRE_REDIS=1); only a bare `npx tap` lacks one.
-const noRedis =
-  '!!! TEST_REDIS_URL IS NOT SET: shared Redis rate-limit counters are NOT TESTED. ' +
-  'Run the suite with `npx tsx scripts/run-tests.ts` (starts redis-server) or set TEST_REDIS_URL.'
-
-t.test('two instances share one rate-limit budget through Redis', { skip: redisUrl ? false : noRedis }, async (t) => {
-  if (!redisUrl) throw new Error(noRedis)
+t.test('two instances share one rate-limit budget through Redis', async (t) => {
+  const redisUrl = await redisForTest(t)
   const env = { REDIS_URL: redisUrl, RATE_LIMIT_MAX: '4' }
   const first = await buildTestApp(t, { env, extend: testRoutes })
   const second = await buildTestApp(t, { env, extend: testRoutes })
