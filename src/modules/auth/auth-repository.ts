@@ -1,4 +1,4 @@
-import { and, desc, eq, gt, isNull, lt, or, sql } from 'drizzle-orm'
+import { and, desc, eq, isNull, lt, or, sql } from 'drizzle-orm'
 import type { Executor } from '../../db/client.js'
 import { apiKeys, externalIdentities, refreshTokens, signingKeys, users } from '../../db/schema/index.js'
 import type { Cursor } from '../../lib/cursor.js'
@@ -142,18 +142,6 @@ export function createAuthRepository(db: Executor) {
             or(isNull(apiKeys.lastUsedAt), lt(apiKeys.lastUsedAt, new Date(at.getTime() - 60_000))),
           ),
         )
-    },
-
-    /** Whether any refresh token of the family is still live (used by logout and tests). */
-    async familyIsLive(familyId: string, now: Date, tx: Executor = db) {
-      const [row] = await tx
-        .select({ id: refreshTokens.id })
-        .from(refreshTokens)
-        .where(
-          and(eq(refreshTokens.familyId, familyId), isNull(refreshTokens.revokedAt), gt(refreshTokens.expiresAt, now)),
-        )
-        .limit(1)
-      return Boolean(row)
     },
   }
 }

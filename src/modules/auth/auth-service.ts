@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto'
 import type { Database } from '../../db/client.js'
-import { decodeCursor, encodeCursor } from '../../lib/cursor.js'
+import { cursorParam, toPage } from '../../lib/cursor.js'
 import { newId } from '../../lib/ids.js'
 import { decoyPasswordHash, hashPassword, passwordProblem, verifyPassword } from '../../lib/password.js'
 import { HttpProblem, problems } from '../../lib/problem.js'
@@ -290,17 +290,11 @@ export function createAuthService(deps: {
 
     async listApiKeys(auth: AuthContext, orgId: string, limit: number, cursor: string | undefined) {
       const role = requireOrgRole(auth, orgId, 'viewer')
-      const before = cursor ? decodeCursor(cursor) : null
-      if (cursor && !before) throw problems.badRequest('INVALID_CURSOR', 'The cursor is malformed.')
       // Admins see every key of the org; everybody else sees the keys they created.
       const filter = role === 'owner' || role === 'admin' ? { orgId } : { orgId, createdBy: auth.userId }
-      const rows = await repository.listApiKeys(filter, limit + 1, before)
-      const page = rows.slice(0, limit)
-      const last = page.at(-1)
-      return {
-        data: page.map(publicApiKey),
-        nextCursor: rows.length > limit && last ? encodeCursor({ k: '', id: last.id }) : null,
-      }
+      const rows = await repository.listApiKeys(filter, limit + 1, cursorParam(cursor))
+      const { data, nextCursor } = toPage(rows, limit, (row) => ({ k: '', id: row.id }))
+      return { data: data.map(publicApiKey), nextCursor }
     },
 
     async revokeApiKey(auth: AuthContext, id: string, ip: string) {

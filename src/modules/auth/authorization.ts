@@ -35,7 +35,7 @@ export interface AuthContext {
   orgs: readonly { orgId: string; orgName: string; personal: boolean }[]
 }
 
-export function atLeast(role: Role, minimum: Role): boolean {
+function atLeast(role: Role, minimum: Role): boolean {
   return RANK[role] >= RANK[minimum]
 }
 

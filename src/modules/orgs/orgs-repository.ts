@@ -1,4 +1,4 @@
-import { and, count, desc, eq, lt, or, sql } from 'drizzle-orm'
+import { and, desc, eq, lt, or, sql } from 'drizzle-orm'
 import type { Executor } from '../../db/client.js'
 import { auditLog, memberships, orgs, users } from '../../db/schema/index.js'
 import type { Cursor } from '../../lib/cursor.js'
@@ -21,8 +21,14 @@ export interface MemberView {
   name: string | null
   role: Role
   createdAt: Date
-  /** createdAt as PostgreSQL text, microseconds included, for exact keyset cursors. */
-  sortKey: string
+}
+
+const memberColumns = {
+  userId: memberships.userId,
+  email: users.email,
+  name: users.name,
+  role: memberships.role,
+  createdAt: memberships.createdAt,
 }
 
 /** The only code that touches the orgs, memberships and audit_log tables. */
@@ -67,7 +73,8 @@ export function createOrgsRepository(db: Executor) {
     },
 
     /** Members ordered by join time then user id; keyset pagination on that pair. */
-    async listMembers(orgId: string, limit: number, after: Cursor | null, tx: Executor = db): Promise<MemberView[]> {
+    /** `sortKey` is createdAt as PostgreSQL text, microseconds included, for exact keyset cursors. */
+    async listMembers(orgId: string, limit: number, after: Cursor | null, tx: Executor = db) {
       const afterClause = after
         ? or(
             sql`${memberships.createdAt} > ${after.k}::timestamptz`,
@@ -75,14 +82,7 @@ export function createOrgsRepository(db: Executor) {
           )
         : undefined
       return tx
-        .select({
-          userId: memberships.userId,
-          email: users.email,
-          name: users.name,
-          role: memberships.role,
-          createdAt: memberships.createdAt,
-          sortKey: sql<string>`${memberships.createdAt}::text`,
-        })
+        .select({ ...memberColumns, sortKey: sql<string>`${memberships.createdAt}::text` })
         .from(memberships)
         .innerJoin(users, eq(users.id, memberships.userId))
         .where(and(eq(memberships.orgId, orgId), afterClause))
@@ -92,14 +92,7 @@ export function createOrgsRepository(db: Executor) {
 
     async findMember(orgId: string, userId: string, tx: Executor = db): Promise<MemberView | null> {
       const [row] = await tx
-        .select({
-          userId: memberships.userId,
-          email: users.email,
-          name: users.name,
-          role: memberships.role,
-          createdAt: memberships.createdAt,
-          sortKey: sql<string>`${memberships.createdAt}::text`,
-        })
+        .select(memberColumns)
         .from(memberships)
         .innerJoin(users, eq(users.id, memberships.userId))
         .where(and(eq(memberships.orgId, orgId), eq(memberships.userId, userId)))
@@ -128,11 +121,6 @@ export function createOrgsRepository(db: Executor) {
         .where(and(eq(memberships.orgId, orgId), eq(memberships.role, 'owner')))
         .for('update')
       return rows.map((row) => row.userId)
-    },
-
-    async countMembers(orgId: string, tx: Executor = db) {
-      const [row] = await tx.select({ n: count() }).from(memberships).where(eq(memberships.orgId, orgId))
-      return row?.n ?? 0
     },
 
     async insertAudit(values: typeof auditLog.$inferInsert, tx: Executor = db) {

@@ -1,8 +1,8 @@
 import type { Database, Executor } from '../../db/client.js'
-import { decodeCursor, encodeCursor } from '../../lib/cursor.js'
+import { cursorParam, toPage } from '../../lib/cursor.js'
 import { newId } from '../../lib/ids.js'
 import { problems } from '../../lib/problem.js'
-import { type AuthContext, atLeast, type Role, requireOrgRole, requireScope } from '../auth/authorization.js'
+import { type AuthContext, type Role, requireOrgRole, requireScope } from '../auth/authorization.js'
 import type { OrgsRepository } from './orgs-repository.js'
 
 export interface AuditEntry {
@@ -14,10 +14,6 @@ export interface AuditEntry {
   targetId?: string
   ip?: string | null
   metadata?: Record<string, unknown>
-}
-
-export function badCursor() {
-  return problems.badRequest('INVALID_CURSOR', 'The cursor is malformed or was not issued by this server.')
 }
 
 /** What other modules may ask of orgs; they never touch the tables. */
@@ -63,24 +59,18 @@ export function createOrgsService(deps: { db: Database; repository: OrgsReposito
     /** The caller's orgs, oldest first, keyset-paginated on the UUIDv7 org id. */
     async listOrgs(auth: AuthContext, limit: number, cursor: string | undefined) {
       requireScope(auth, 'orgs:read')
-      const after = cursor ? decodeCursor(cursor) : null
-      if (cursor && !after) throw badCursor()
-      const all = (await repository.membershipsOf(auth.userId))
-        .filter((membership) => auth.roles.has(membership.orgId))
+      const after = cursorParam(cursor)
+      const orgs = (await repository.membershipsOf(auth.userId))
+        .filter((membership) => auth.roles.has(membership.orgId) && (!after || membership.orgId > after.id))
         .sort((a, b) => (a.orgId < b.orgId ? -1 : 1))
-        .filter((membership) => !after || membership.orgId > after.id)
-      const page = all.slice(0, limit)
-      const last = page.at(-1)
-      return {
-        data: page.map((membership) => ({
+        .map((membership) => ({
           id: membership.orgId,
           name: membership.orgName,
           personal: membership.personal,
           role: auth.roles.get(membership.orgId) ?? membership.role,
           createdAt: membership.createdAt,
-        })),
-        nextCursor: all.length > limit && last ? encodeCursor({ k: '', id: last.orgId }) : null,
-      }
+        }))
+      return toPage(orgs, limit, (org) => ({ k: '', id: org.id }))
     },
 
     async createOrg(auth: AuthContext, name: string, ip: string) {
@@ -98,15 +88,9 @@ export function createOrgsService(deps: { db: Database; repository: OrgsReposito
     async listMembers(auth: AuthContext, orgId: string, limit: number, cursor: string | undefined) {
       requireScope(auth, 'orgs:read')
       requireOrgRole(auth, orgId, 'viewer')
-      const after = cursor ? decodeCursor(cursor) : null
-      if (cursor && !after) throw badCursor()
-      const rows = await repository.listMembers(orgId, limit + 1, after)
-      const page = rows.slice(0, limit)
-      const last = page.at(-1)
-      return {
-        data: page.map(({ sortKey: _sortKey, ...member }) => member),
-        nextCursor: rows.length > limit && last ? encodeCursor({ k: last.sortKey, id: last.userId }) : null,
-      }
+      const rows = await repository.listMembers(orgId, limit + 1, cursorParam(cursor))
+      const { data, nextCursor } = toPage(rows, limit, (row) => ({ k: row.sortKey, id: row.userId }))
+      return { data: data.map(({ sortKey: _sortKey, ...member }) => member), nextCursor }
     },
 
     async addMember(auth: AuthContext, orgId: string, input: { userId: string; role: Role }, ip: string) {
@@ -134,8 +118,7 @@ export function createOrgsService(deps: { db: Database; repository: OrgsReposito
       })
       const member = await repository.findMember(orgId, input.userId)
       if (!member) throw problems.notFound('Member not found.', 'MEMBER_NOT_FOUND')
-      const { sortKey: _sortKey, ...view } = member
-      return view
+      return member
     },
 
     async changeRole(auth: AuthContext, orgId: string, userId: string, role: Role, ip: string) {
@@ -172,8 +155,7 @@ export function createOrgsService(deps: { db: Database; repository: OrgsReposito
       })
       const member = await repository.findMember(orgId, userId)
       if (!member) throw problems.notFound('Member not found.', 'MEMBER_NOT_FOUND')
-      const { sortKey: _sortKey, ...view } = member
-      return view
+      return member
     },
 
     async removeMember(auth: AuthContext, orgId: string, userId: string, ip: string) {
@@ -203,18 +185,9 @@ export function createOrgsService(deps: { db: Database; repository: OrgsReposito
     async listAudit(auth: AuthContext, orgId: string, limit: number, cursor: string | undefined) {
       requireScope(auth, 'audit:read')
       requireOrgRole(auth, orgId, 'admin')
-      const before = cursor ? decodeCursor(cursor) : null
-      if (cursor && !before) throw badCursor()
-      const rows = await repository.listAudit(orgId, limit + 1, before)
-      const page = rows.slice(0, limit)
-      const last = page.at(-1)
-      return {
-        data: page,
-        nextCursor: rows.length > limit && last ? encodeCursor({ k: '', id: last.id }) : null,
-      }
+      const rows = await repository.listAudit(orgId, limit + 1, cursorParam(cursor))
+      return toPage(rows, limit, (row) => ({ k: '', id: row.id }))
     },
-
-    canManage: (role: Role) => atLeast(role, 'admin'),
   }
 }
 
