@@ -1,5 +1,4 @@
 import { eq } from 'drizzle-orm'
-import type { LightMyRequestResponse } from 'fastify'
 import t from 'tap'
 import { apiKeys } from '../../src/db/schema/index.js'
 import { SCOPES } from '../../src/modules/auth/authorization.js'
@@ -17,26 +16,19 @@ import {
   me,
   uniqueAddress,
   walkPages,
+  callAs,
+  type Method,
 } from './support.js'
 
 const app = await buildTestApp(t)
 
-type Method = 'GET' | 'POST' | 'PATCH' | 'DELETE'
-
-function call(
+const call = (
   who: Pick<Account, 'headers'>,
   method: Method,
   url: string,
   payload?: Record<string, unknown>,
-): Promise<LightMyRequestResponse> {
-  return app.inject({
-    method,
-    url: `/api/v1${url}`,
-    headers: who.headers,
-    remoteAddress: uniqueAddress(),
-    ...(payload ? { payload } : {}),
-  })
-}
+  address?: string,
+) => callAs(app, who, method, url, payload, address)
 
 /** Acts with an API key instead of a user's access token. */
 const withKey = (key: CreatedApiKey) => ({ headers: bearer(key.key) })

@@ -12,28 +12,19 @@ import {
   type Role,
   uniqueAddress,
   walkPages,
+  callAs,
+  type Method,
 } from './support.js'
 
 const app = await buildTestApp(t)
 
-type Method = 'GET' | 'POST' | 'PATCH' | 'DELETE'
-
-function call(
+const call = (
   who: Pick<Account, 'headers'>,
   method: Method,
   url: string,
   payload?: Record<string, unknown>,
-  remoteAddress?: string,
-): Promise<LightMyRequestResponse> {
-  return app.inject({
-    method,
-    url: `/api/v1${url}`,
-    headers: who.headers,
-    ...(payload ? { payload } : {}),
-    // A fresh client address unless given, so no per-address budget is shared between tests.
-    remoteAddress: remoteAddress ?? uniqueAddress(),
-  })
-}
+  address?: string,
+) => callAs(app, who, method, url, payload, address)
 
 interface Member {
   userId: string

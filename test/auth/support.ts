@@ -222,3 +222,26 @@ export async function walkPages<T>(
   t.fail(`pagination did not end within ${maxPages} pages`)
   return { items: pages.flat(), pages }
 }
+
+export type Method = 'GET' | 'POST' | 'PATCH' | 'DELETE'
+
+/**
+ * Calls `/api/v1<url>` as `who`, from a fresh client address unless one is given, so that no
+ * per-address budget is shared between tests.
+ */
+export function callAs(
+  app: FastifyInstance,
+  who: Pick<Account, 'headers'>,
+  method: Method,
+  url: string,
+  payload?: Record<string, unknown>,
+  remoteAddress?: string,
+): Promise<LightMyRequestResponse> {
+  return app.inject({
+    method,
+    url: `/api/v1${url}`,
+    headers: who.headers,
+    ...(payload ? { payload } : {}),
+    remoteAddress: remoteAddress ?? uniqueAddress(),
+  })
+}
