@@ -10,6 +10,7 @@ import autocannon from 'autocannon'
 export const SERVERS = {
   bare: fileURLToPath(new URL('./servers/bare.ts', import.meta.url)),
   app: fileURLToPath(new URL('./servers/app.ts', import.meta.url)),
+  'bare-pg': fileURLToPath(new URL('./servers/bare-pg.ts', import.meta.url)),
 } as const
 export type ServerName = keyof typeof SERVERS
 

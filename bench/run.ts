@@ -1,4 +1,5 @@
 import { type Endpoint, formatTable, measure, pinLoadGenerator, type Scenario, startServer, warnIfBusy } from './lib.js'
+import { PROJECT_COUNT, type PostgresFixture, postgresFixture, signUp, UNLIMITED } from './postgres-fixture.js'
 
 /**
  * Throughput of the app relative to a reference, as a report: every scenario prints a ratio and
@@ -8,21 +9,6 @@ import { type Endpoint, formatTable, measure, pinLoadGenerator, type Scenario, s
  *   npm run bench                    10 s per run
  *   BENCH_DURATION=5 npm run bench   5 s per run
  */
-// The authenticated route is rate limited like every API route; the load must not measure 429s.
-const UNLIMITED = { RATE_LIMIT_MAX: String(1_000_000_000) }
-
-/** Creates an account on the freshly started server and authenticates every request as it. */
-async function signUp(baseUrl: string) {
-  const response = await fetch(`${baseUrl}/api/v1/auth/signup`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ email: 'bench@example.com', password: 'a long bench password', name: 'Bench' }),
-  })
-  if (response.status !== 201) throw new Error(`signup failed with ${response.status}`)
-  const { accessToken } = (await response.json()) as { accessToken: string }
-  return { authorization: `Bearer ${accessToken}` }
-}
-
 const SCENARIOS: Scenario[] = [
   {
     name: 'health',
@@ -45,6 +31,40 @@ const SCENARIOS: Scenario[] = [
     },
   },
 ]
+
+/**
+ * Reads on PostgreSQL, against node:http + pg running the same query without authentication. The
+ * app side pays for the bearer token, the caller's memberships, the org check and serialisation.
+ */
+function postgresScenarios(fixture: PostgresFixture): Scenario[] {
+  const database = { BENCH_DATABASE_URL: fixture.databaseUrl, BENCH_ORG_ID: fixture.orgId }
+  return [
+    {
+      name: 'project-get',
+      baseline: { server: 'bare-pg', path: `/api/v1/projects/${fixture.projectId}`, env: database },
+      candidate: {
+        server: 'app',
+        path: `/api/v1/projects/${fixture.projectId}`,
+        label: 'app (authenticated)',
+        env: { ...database, ...UNLIMITED },
+        headers: fixture.headers,
+      },
+      target: 0.6,
+    },
+    {
+      name: 'project-list',
+      baseline: { server: 'bare-pg', path: '/api/v1/projects', env: database },
+      candidate: {
+        server: 'app',
+        path: '/api/v1/projects',
+        label: `app (first page of ${PROJECT_COUNT.toLocaleString('en-US')})`,
+        env: { ...database, ...UNLIMITED },
+        headers: fixture.headers,
+      },
+    },
+  ]
+}
+const POSTGRES_SCENARIOS = ['project-get', 'project-list']
 
 const WARMUP_SECONDS = 3
 const CONNECTIONS = 100
@@ -107,18 +127,38 @@ const best = (runs: Run[]) => runs.reduce((top, run) => (run.requestsPerSecond >
 
 async function main() {
   const seconds = durationSeconds()
+  // Pinned before the fixture starts PostgreSQL, which inherits the load CPU: the server's core is
+  // the one under measurement, so the database shares the load generator's core, never the server's.
   pinLoadGenerator()
-  await warnIfBusy()
-  console.log(
-    `warmup ${WARMUP_SECONDS} s, measure ${seconds} s, ${CONNECTIONS} connections, pipelining ${PIPELINING}, ` +
-      `${ROUNDS} rounds, best run of each side counts\n`,
-  )
-
-  const runs: Run[] = []
-  const verdicts: string[] = []
   // BENCH_ONLY=health runs one scenario (comma-separated names for several).
   const only = process.env.BENCH_ONLY?.split(',').map((name) => name.trim())
-  for (const scenario of SCENARIOS.filter((candidate) => !only || only.includes(candidate.name))) {
+  const wanted = (name: string) => !only || only.includes(name)
+  const scenarios = SCENARIOS.filter((scenario) => wanted(scenario.name))
+  let fixture: PostgresFixture | null = null
+  if (POSTGRES_SCENARIOS.some(wanted)) {
+    fixture = await postgresFixture()
+    if (fixture) scenarios.push(...postgresScenarios(fixture).filter((scenario) => wanted(scenario.name)))
+    else
+      console.warn(
+        `WARNING: no PostgreSQL server binaries and no BENCH_POSTGRES_URL: ${POSTGRES_SCENARIOS.join(', ')} not measured`,
+      )
+  }
+  try {
+    await warnIfBusy()
+    console.log(
+      `warmup ${WARMUP_SECONDS} s, measure ${seconds} s, ${CONNECTIONS} connections, pipelining ${PIPELINING}, ` +
+        `${ROUNDS} rounds, best run of each side counts\n`,
+    )
+    await runScenarios(scenarios, seconds)
+  } finally {
+    await fixture?.close()
+  }
+}
+
+async function runScenarios(scenarios: Scenario[], seconds: number) {
+  const runs: Run[] = []
+  const verdicts: string[] = []
+  for (const scenario of scenarios) {
     const own: Run[] = []
     for (let round = 1; round <= ROUNDS; round++) {
       own.push(await runEndpoint(scenario, 'baseline', round, seconds))

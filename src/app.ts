@@ -17,14 +17,18 @@ import { authSchemas } from './modules/auth/auth-schemas.js'
 import { authModule } from './modules/auth/index.js'
 import { orgsModule } from './modules/orgs/index.js'
 import { orgsSchemas } from './modules/orgs/orgs-schemas.js'
+import { projectsModule } from './modules/projects/index.js'
+import { projectsSchemas } from './modules/projects/projects-schemas.js'
 import { systemModule } from './modules/system/index.js'
 import { systemSchemas } from './modules/system/system-schemas.js'
 import authPlugin from './plugins/auth.js'
 import cryptoPlugin from './plugins/crypto.js'
 import dbPlugin from './plugins/db.js'
 import errorsPlugin from './plugins/errors.js'
+import idempotencyPlugin from './plugins/idempotency.js'
 import observabilityPlugin from './plugins/observability.js'
 import openapiPlugin from './plugins/openapi.js'
+import outboxPlugin from './plugins/outbox.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
 import redisPlugin from './plugins/redis.js'
 import securityPlugin from './plugins/security.js'
@@ -74,6 +78,24 @@ function partAwareValidator(): ValidatorFactory {
   }) as unknown as ValidatorFactory
 }
 
+/**
+ * Errors as log objects, secrets redacted. Query builder errors carry the statement's parameters
+ * (hashes, tokens, user data) as a property and inside their message (so in the stack too): the
+ * SQL text stays, the values go.
+ */
+function serializeError(error: Error) {
+  const serialized = redactSecrets(pino.stdSerializers.err(error))
+  if (!('params' in serialized)) return serialized
+  const query = (error as { query?: unknown }).query
+  const message = typeof query === 'string' ? `Failed query: ${query}` : 'Failed query'
+  return {
+    ...serialized,
+    message,
+    stack: typeof serialized.stack === 'string' ? serialized.stack.replace(error.message, message) : serialized.stack,
+    params: '[REDACTED]',
+  }
+}
+
 export function fastifyOptions(config: Config, logStream: DestinationStream): FastifyHttpOptions<Server> {
   return {
     logger: {
@@ -82,7 +104,7 @@ export function fastifyOptions(config: Config, logStream: DestinationStream): Fa
       serializers: {
         req: (request) => ({ method: request.method, url: redactUrl(request.url), remoteAddress: request.ip }),
         // Errors from HTTP clients carry request configs (headers, bodies) among their properties.
-        err: (error) => redactSecrets(pino.stdSerializers.err(error)),
+        err: serializeError,
       },
       stream: logStream,
     },
@@ -110,6 +132,9 @@ export function fastifyOptions(config: Config, logStream: DestinationStream): Fa
     forceCloseConnections: 'idle',
     routerOptions: { ignoreTrailingSlash: true, maxParamLength: 200 },
     schemaController: { compilersFactory: { buildValidator: partAwareValidator() } },
+    // Plugins may open databases and apply migrations, which on a cold or busy machine can take
+    // longer than Fastify's 10 s default; start-up stays bounded by the orchestrator's probes.
+    pluginTimeout: 120_000,
   }
 }
 
@@ -148,14 +173,17 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
 
   await app.register(cryptoPlugin, { config })
   await app.register(authPlugin, { config })
+  await app.register(idempotencyPlugin)
+  await app.register(outboxPlugin)
 
   // Named component schemas are global, like the OpenAPI document's one components section, so
   // that one module's responses can reference another's shapes (an Org carries a Role).
-  for (const schema of [...systemSchemas, ...authSchemas, ...orgsSchemas]) app.addSchema(schema)
+  for (const schema of [...systemSchemas, ...authSchemas, ...orgsSchemas, ...projectsSchemas]) app.addSchema(schema)
 
   await app.register(systemModule)
   await app.register(authModule)
   await app.register(orgsModule)
+  await app.register(projectsModule)
 
   return app
 }

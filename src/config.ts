@@ -43,6 +43,11 @@ export const ConfigSchema = Type.Object({
   SHUTDOWN_TIMEOUT_MS: Millis(100, 10_000, 'How long in-flight requests may finish on shutdown'),
   RATE_LIMIT_MAX: Type.Integer({ minimum: 1, default: 600, description: 'Requests per window per client' }),
   RATE_LIMIT_WINDOW_MS: Millis(100, 60_000, 'Rate-limit window'),
+  MEMBERSHIP_CACHE_TTL_MS: Millis(
+    0,
+    5_000,
+    "How long a user's org roles are reused between requests (0: read every time; see README)",
+  ),
   AUTH_EXTERNAL_JWKS_URL: Type.Optional(Url('JWKS of an external identity provider')),
   AUTH_EXTERNAL_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
   AUTH_EXTERNAL_AUDIENCE: Type.Optional(Type.String({ minLength: 1 })),

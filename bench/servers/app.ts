@@ -5,11 +5,15 @@ import { loadConfig } from '../../src/config.js'
 /**
  * The real production app, plugin stack and info-level logging included. Log lines are still
  * serialised and written, only to /dev/null, so their cost is measured without flooding the terminal.
+ * Runs on a throwaway embedded database unless BENCH_DATABASE_URL names a PostgreSQL one.
  */
 const config = loadConfig({
   env: {
     ...process.env,
-    DATABASE_URL: 'memory://',
+    DATABASE_URL: process.env.BENCH_DATABASE_URL ?? 'memory://',
+    MIGRATE_ON_START: 'true',
+    // A fixed key for the benchmark's own database, so token signing keys survive server restarts.
+    ENCRYPTION_KEY: Buffer.alloc(32, 3).toString('base64'),
     LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'info',
     NODE_ENV: 'production',
   },

@@ -24,9 +24,22 @@ export interface DatabaseHandle {
   /** Round-trips one trivial query; rejects on failure or after `timeoutMs`. */
   ping(timeoutMs?: number): Promise<void>
   close(): Promise<void>
+  /**
+   * Receives NOTIFY payloads of a channel until the returned function is called. `onListening`
+   * reports false whenever notifications may have been missed (the listening connection broke;
+   * it is re-established in the background) and true once they flow again.
+   */
+  listen(channel: string, handlers: NotificationHandlers): Promise<() => Promise<void>>
   /** Engine-specific client, for libraries that need one (the migrator, the job queue). */
   readonly client: PGlite | pg.Pool
 }
+
+export interface NotificationHandlers {
+  onMessage(payload: string): void
+  onListening(listening: boolean): void
+}
+
+const CHANNEL_NAME = /^[a-z_][a-z0-9_]*$/
 
 type DatabaseConfig = Pick<Config, 'DATABASE_URL' | 'DATA_DIR' | 'DATABASE_POOL_MAX'>
 
@@ -61,6 +74,14 @@ export async function openPglite(dataDir: string | undefined, options: OpenDatab
     async ping(timeoutMs = 2000) {
       await withTimeout(client.query('select 1'), timeoutMs)
     },
+    async listen(channel: string, handlers: NotificationHandlers) {
+      // One in-process connection: a commit's notifications arrive before its query returns.
+      const unlisten = await client.listen(channel, handlers.onMessage)
+      handlers.onListening(true)
+      return async () => {
+        if (!closed) await unlisten()
+      }
+    },
     async close() {
       if (closed) return
       closed = true
@@ -90,11 +111,83 @@ function openPostgres(url: string, config: DatabaseConfig, options: OpenDatabase
     async ping(timeoutMs = 2000) {
       await withTimeout(db.execute(sql`select 1`), timeoutMs)
     },
+    listen: (channel: string, handlers: NotificationHandlers) => listenOnPostgres(url, channel, handlers),
     async close() {
       if (closed) return
       closed = true
       await pool.end()
     },
+  }
+}
+
+/**
+ * LISTEN on a connection of its own (a pooled one would be handed to other queries). A broken
+ * connection is replaced with capped exponential backoff; meanwhile the caller hears that it may
+ * be missing notifications.
+ */
+async function listenOnPostgres(url: string, channel: string, handlers: NotificationHandlers) {
+  if (!CHANNEL_NAME.test(channel)) throw new Error(`invalid channel name: ${channel}`)
+  let stopped = false
+  let current: pg.Client | null = null
+  let retry: NodeJS.Timeout | undefined
+
+  const schedule = (attempt: number) => {
+    if (stopped) return
+    retry = setTimeout(() => void connect(attempt), Math.min(30_000, 250 * 2 ** attempt)).unref()
+  }
+
+  async function connect(attempt: number) {
+    const client = new pg.Client({
+      connectionString: url,
+      application_name: 'backplane-listener',
+      connectionTimeoutMillis: 5000,
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
+    })
+    // Errors surface as 'end' below; an unhandled 'error' event would crash the process.
+    client.on('error', () => {})
+    client.on('notification', (message) => {
+      if (message.channel === channel && message.payload !== undefined) handlers.onMessage(message.payload)
+    })
+    client.on('end', () => {
+      if (current !== client) return
+      current = null
+      handlers.onListening(false)
+      schedule(0)
+    })
+    try {
+      await client.connect()
+      await client.query(`LISTEN ${channel}`)
+    } catch {
+      await client.end().catch(() => {})
+      handlers.onListening(false)
+      schedule(attempt + 1)
+      return
+    }
+    if (stopped) {
+      await client.end().catch(() => {})
+      return
+    }
+    current = client
+    handlers.onListening(true)
+  }
+
+  // A connection dropped silently (a NAT, a failover) ends no socket for a long time and delivers
+  // nothing: a query that does not answer in time ends it, and 'end' reconnects.
+  const heartbeat = setInterval(() => {
+    const client = current
+    if (!client) return
+    withTimeout(client.query('select 1'), 5000).catch(() => client.end().catch(() => {}))
+  }, 15_000).unref()
+
+  await connect(0)
+  return async () => {
+    stopped = true
+    clearInterval(heartbeat)
+    clearTimeout(retry)
+    const client = current
+    current = null
+    await client?.end().catch(() => {})
   }
 }
 

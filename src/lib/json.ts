@@ -2,7 +2,7 @@ import secureJson from 'secure-json-parse'
 
 export class JsonBodyError extends Error {
   constructor(
-    readonly code: 'INVALID_JSON' | 'JSON_TOO_DEEP' | 'FORBIDDEN_JSON_KEY',
+    readonly code: 'INVALID_JSON' | 'JSON_TOO_DEEP' | 'FORBIDDEN_JSON_KEY' | 'INVALID_CHARACTER',
     message: string,
   ) {
     super(message)
@@ -30,13 +30,35 @@ export function exceedsDepth(text: string, limit: number): boolean {
   return false
 }
 
-/** Parses a JSON request body, refusing prototype-poisoning keys and excessive nesting. */
+/**
+ * Whether the JSON text escapes a NUL character (`\u0000`, not an escaped backslash followed by
+ * "u0000"). PostgreSQL stores no NUL in text or jsonb and would fail the write with a 500.
+ */
+export function containsNulEscape(text: string): boolean {
+  let index = text.indexOf('\\u0000')
+  while (index !== -1) {
+    let backslashes = 1
+    while (index - backslashes >= 0 && text.charCodeAt(index - backslashes) === 92) backslashes++
+    if (backslashes % 2 === 1) return true
+    index = text.indexOf('\\u0000', index + 1)
+  }
+  return false
+}
+
+/**
+ * Parses a JSON request body, refusing prototype-poisoning keys, excessive nesting and NUL
+ * characters, which no text column can hold.
+ */
 export function parseJsonBody(text: string, maxDepth: number): unknown {
   if (exceedsDepth(text, maxDepth)) {
     throw new JsonBodyError('JSON_TOO_DEEP', `JSON nesting deeper than ${maxDepth} levels is not accepted.`)
   }
+  if (containsNulEscape(text)) {
+    throw new JsonBodyError('INVALID_CHARACTER', 'JSON strings must not contain the NUL character (\\u0000).')
+  }
+  let parsed: unknown
   try {
-    return secureJson.parse(text, undefined, { protoAction: 'error', constructorAction: 'error' })
+    parsed = secureJson.parse(text, undefined, { protoAction: 'error', constructorAction: 'error' })
   } catch (error) {
     if (error instanceof SyntaxError && /prototype|constructor/i.test(error.message)) {
       throw new JsonBodyError(
@@ -46,4 +68,39 @@ export function parseJsonBody(text: string, maxDepth: number): unknown {
     }
     throw new JsonBodyError('INVALID_JSON', 'The request body is not valid JSON.')
   }
+  // Only an escape can smuggle in a lone surrogate (decoded UTF-8 has none), so the walk over every
+  // string runs only for bodies that contain one.
+  if (SURROGATE_ESCAPE.test(text) && !wellFormed(parsed)) {
+    throw new JsonBodyError(
+      'INVALID_CHARACTER',
+      'JSON strings must be well-formed Unicode: a \\uD800-\\uDFFF escape must be part of a surrogate pair.',
+    )
+  }
+  return parsed
+}
+
+const SURROGATE_ESCAPE = /\\u[dD][89a-fA-F]/
+
+/**
+ * Whether every string and key is well-formed UTF-16. PostgreSQL refuses lone surrogates in jsonb
+ * and the driver silently replaces them in text, so they are refused before either happens.
+ */
+function wellFormed(value: unknown): boolean {
+  if (typeof value === 'string') return value.isWellFormed()
+  if (typeof value !== 'object' || value === null) return true
+  if (Array.isArray(value)) return value.every(wellFormed)
+  return Object.entries(value).every(([key, item]) => key.isWellFormed() && wellFormed(item))
+}
+
+/**
+ * JSON with object keys sorted at every level: two bodies that differ only in key order give the
+ * same text (and hash), which is what a retried request usually looks like after re-serialising.
+ */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, item: unknown) => {
+    if (typeof item !== 'object' || item === null || Array.isArray(item)) return item
+    const sorted: Record<string, unknown> = {}
+    for (const key of Object.keys(item).sort()) sorted[key] = (item as Record<string, unknown>)[key]
+    return sorted
+  })
 }

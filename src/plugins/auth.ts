@@ -5,6 +5,7 @@ import { createAuthRepository } from '../modules/auth/auth-repository.js'
 import { type AuthService, createAuthService, looksLikeApiKey } from '../modules/auth/auth-service.js'
 import type { AuthContext, Scope } from '../modules/auth/authorization.js'
 import { createLoginThrottle } from '../modules/auth/login-throttle.js'
+import { createMembershipCache } from '../modules/auth/membership-cache.js'
 import { createTokenService, TokenError, type TokenService } from '../modules/auth/token-service.js'
 import { createOrgsRepository } from '../modules/orgs/orgs-repository.js'
 import { createOrgsService, type OrgsModuleService } from '../modules/orgs/orgs-service.js'
@@ -30,7 +31,25 @@ export const accessTokenAudience = (config: Config) => `${config.PUBLIC_URL}/api
  * `requireAuth`, `requireOrgRole`, `requireScope`. A refused credential does not fail public routes.
  */
 async function authPlugin(app: FastifyInstance, { config }: { config: Config }) {
-  const orgsService = createOrgsService({ db: app.db, repository: createOrgsRepository(app.db) })
+  const orgsRepository = createOrgsRepository(app.db)
+  const memberships = await createMembershipCache({
+    load: async (userId) => {
+      const rows = await orgsRepository.membershipsOf(userId)
+      return {
+        roles: new Map(rows.map((membership) => [membership.orgId, membership.role])),
+        orgs: rows.map(({ orgId, orgName, personal }) => ({ orgId, orgName, personal })),
+      }
+    },
+    ttlMs: config.MEMBERSHIP_CACHE_TTL_MS,
+    database: app.database,
+    log: app.log,
+  })
+  app.addHook('onClose', async () => memberships.close())
+  const orgsService = createOrgsService({
+    db: app.db,
+    repository: orgsRepository,
+    onMembershipChange: (userId) => memberships.invalidate(userId),
+  })
   const tokenService = createTokenService({
     repository: createAuthRepository(app.db),
     cryptoBox: app.cryptoBox,
@@ -61,19 +80,11 @@ async function authPlugin(app: FastifyInstance, { config }: { config: Config }) 
   app.decorateRequest('auth', null)
   app.decorateRequest('authFailure', null)
 
-  async function membershipsOf(userId: string) {
-    const memberships = await orgsService.membershipsOf(userId)
-    return {
-      roles: new Map(memberships.map((membership) => [membership.orgId, membership.role])),
-      orgs: memberships.map(({ orgId, orgName, personal }) => ({ orgId, orgName, personal })),
-    }
-  }
-
   async function authenticate(request: FastifyRequest, credential: string): Promise<AuthContext> {
     if (looksLikeApiKey(credential)) {
       const key = await authService.findLiveApiKey(credential)
       if (!key) throw new TokenError('unknown, revoked or expired API key')
-      const creator = await membershipsOf(key.createdBy)
+      const creator = await memberships.get(key.createdBy)
       const creatorRole = creator.roles.get(key.orgId)
       // A key is never more than its creator is now: leaving the org disables it.
       if (!creatorRole) throw new TokenError('the creator of this API key left its organization')
@@ -96,7 +107,7 @@ async function authPlugin(app: FastifyInstance, { config }: { config: Config }) 
             ...(verified.email ? { email: verified.email } : {}),
             ...(verified.name ? { name: verified.name } : {}),
           })
-    const { roles, orgs } = await membershipsOf(userId)
+    const { roles, orgs } = await memberships.get(userId)
     if (verified.issuer === 'self' && roles.size === 0) {
       // Every account has a personal org; none means the account is gone.
       throw new TokenError('unknown account')

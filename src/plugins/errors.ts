@@ -16,6 +16,19 @@ import {
 const METHODS: HTTPMethod[] = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE']
 
 /** Fastify's own client errors, with a fixed wording so that no parser message echoes input. */
+/** SQLSTATEs of text PostgreSQL cannot store (NUL bytes, invalid encodings): the client's fault. */
+const UNSTORABLE_TEXT = new Set(['22021', '22P05'])
+
+/** The SQLSTATE of a database error, also when a query builder wrapped it (as its `cause`). */
+function sqlStateOf(error: unknown): string | undefined {
+  for (let current = error, depth = 0; current && typeof current === 'object' && depth < 3; depth++) {
+    const code = (current as { code?: unknown }).code
+    if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return code
+    current = (current as { cause?: unknown }).cause
+  }
+  return undefined
+}
+
 const FASTIFY_ERRORS: Record<string, { code: string; detail: (request: FastifyRequest) => string }> = {
   FST_ERR_CTP_BODY_TOO_LARGE: {
     code: 'PAYLOAD_TOO_LARGE',
@@ -125,6 +138,15 @@ async function errorsPlugin(app: FastifyInstance) {
     if ('validation' in error && error.validation) {
       const errors = fieldErrors(error.validation, error.validationContext)
       return sendProblem(reply, renderProblem(request, 400, 'VALIDATION_FAILED', 'The request is invalid.', errors))
+    }
+
+    if (UNSTORABLE_TEXT.has(sqlStateOf(error) ?? '')) {
+      // Text that reached the database from a query string or path (a body is checked earlier).
+      request.log.debug({ err: error }, 'unstorable text')
+      return sendProblem(
+        reply,
+        renderProblem(request, 400, 'INVALID_CHARACTER', 'Text must not contain the NUL character.'),
+      )
     }
 
     const status = typeof error.statusCode === 'number' ? error.statusCode : 500

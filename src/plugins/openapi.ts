@@ -55,6 +55,7 @@ async function openapiPlugin(app: FastifyInstance, { config }: { config: Config 
         { name: 'auth', description: 'Accounts, sessions and token signing keys' },
         { name: 'api-keys', description: 'Scoped API keys for servers and scripts' },
         { name: 'orgs', description: 'Organizations, members, roles and the audit log' },
+        { name: 'projects', description: 'Org-owned JSON documents with ETags, merge patches and idempotent writes' },
       ],
       components: {
         securitySchemes: {

@@ -11,6 +11,7 @@ import { renderProblem } from './errors.js'
 
 export const EXPOSED_HEADERS = [
   'ETag',
+  'Idempotent-Replayed',
   'Location',
   'Retry-After',
   'RateLimit-Limit',

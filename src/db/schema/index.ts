@@ -1,3 +1,4 @@
 // Every module's tables, one file per module, re-exported here for Drizzle and drizzle-kit.
 export * from './auth.js'
+export * from './projects.js'
 export * from './system.js'

@@ -185,7 +185,9 @@ export function createAuthService(deps: {
 
     async me(auth: AuthContext) {
       const user = await repository.findUserById(auth.userId)
-      if (!user) throw problems.unauthorized()
+      // The credential was valid for an account that no longer exists (deleted a moment ago):
+      // refused as the auth layer refuses any token of an unknown account.
+      if (!user) throw problems.unauthorized('The access token or API key is invalid or expired.', 'INVALID_TOKEN')
       return {
         user: publicUser(user),
         memberships: auth.orgs.flatMap(({ orgId, orgName, personal }) => {

@@ -23,8 +23,14 @@ export interface OrgsService {
   audit(entry: AuditEntry, tx?: Executor): Promise<void>
 }
 
-export function createOrgsService(deps: { db: Database; repository: OrgsRepository }) {
+export function createOrgsService(deps: {
+  db: Database
+  repository: OrgsRepository
+  /** Told after a user's memberships changed (committed), so cached roles are dropped. */
+  onMembershipChange?: (userId: string) => void
+}) {
   const { db, repository } = deps
+  const changed = (userId: string) => deps.onMembershipChange?.(userId)
 
   async function audit(entry: AuditEntry, tx?: Executor) {
     await repository.insertAudit(
@@ -74,7 +80,7 @@ export function createOrgsService(deps: { db: Database; repository: OrgsReposito
     },
 
     async createOrg(auth: AuthContext, name: string, ip: string) {
-      return db.transaction(async (tx) => {
+      const created = await db.transaction(async (tx) => {
         const org = await repository.insertOrg({ id: newId('org'), name, personalFor: null }, tx)
         await repository.insertMembership({ orgId: org.id, userId: auth.userId, role: 'owner' }, tx)
         await audit(
@@ -83,6 +89,8 @@ export function createOrgsService(deps: { db: Database; repository: OrgsReposito
         )
         return { id: org.id, name: org.name, personal: false, role: 'owner' as Role, createdAt: org.createdAt }
       })
+      changed(auth.userId)
+      return created
     },
 
     async listMembers(auth: AuthContext, orgId: string, limit: number, cursor: string | undefined) {
@@ -116,6 +124,7 @@ export function createOrgsService(deps: { db: Database; repository: OrgsReposito
           tx,
         )
       })
+      changed(input.userId)
       const member = await repository.findMember(orgId, input.userId)
       if (!member) throw problems.notFound('Member not found.', 'MEMBER_NOT_FOUND')
       return member
@@ -153,6 +162,7 @@ export function createOrgsService(deps: { db: Database; repository: OrgsReposito
           tx,
         )
       })
+      changed(userId)
       const member = await repository.findMember(orgId, userId)
       if (!member) throw problems.notFound('Member not found.', 'MEMBER_NOT_FOUND')
       return member
@@ -180,6 +190,7 @@ export function createOrgsService(deps: { db: Database; repository: OrgsReposito
         await repository.deleteMembership(orgId, userId, tx)
         await audit({ orgId, action: 'member.removed', ...actor(auth), targetType: 'user', targetId: userId, ip }, tx)
       })
+      changed(userId)
     },
 
     async listAudit(auth: AuthContext, orgId: string, limit: number, cursor: string | undefined) {
