@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
+import pg from 'pg'
 import t from 'tap'
 import { buildApp } from '../../src/app.js'
 import { and, eq } from 'drizzle-orm'
@@ -108,4 +109,50 @@ t.test('MEMBERSHIP_CACHE_TTL_MS=0 reads roles on every request', async (t) => {
   const removed = await callAs(app, owner, 'DELETE', `/orgs/${orgId}/members/${user.userId}`)
   t.equal(removed.statusCode, 204)
   t.equal((await projectsOf(app, user, orgId)).statusCode, 404)
+})
+
+t.test('while the notification connection is down, roles are read from the database', async (t) => {
+  const adminUrl = await postgresForTest(t)
+  const database = await createPostgresDatabase(adminUrl, { empty: true })
+  t.teardown(() => database.drop())
+  const app = await buildApp(testConfig({ DATABASE_URL: database.url, MIGRATE_ON_START: 'true', ...LONG_TTL }))
+  t.teardown(() => app.close())
+
+  const owner = await account(app)
+  const user = await account(app)
+  const orgId = await createOrg(app, owner)
+  await addMember(app, owner, orgId, user, 'member')
+  t.equal((await projectsOf(app, user, orgId)).statusCode, 200, 'cached as a member')
+
+  const admin = new pg.Client({ connectionString: database.url })
+  await admin.connect()
+  t.teardown(() => admin.end())
+  const listeners = async () =>
+    Number(
+      (
+        await admin.query(
+          "select count(*) from pg_stat_activity where application_name = 'backplane-listener' and datname = current_database()",
+        )
+      ).rows[0].count,
+    )
+  t.equal(await listeners(), 1, 'the instance listens on a connection of its own')
+
+  // Kill the listening connection, then remove the member while nobody listens: the notification
+  // is lost, and the roles cached before must not be used.
+  await admin.query(
+    "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'backplane-listener' and datname = current_database()",
+  )
+  t.ok(await eventually(async () => (await listeners()) === 0, 5000), 'the listener is gone')
+  await sleep(30)
+  await admin.query('delete from memberships where org_id = $1 and user_id = $2', [orgId, user.userId])
+  t.equal((await projectsOf(app, user, orgId)).statusCode, 404, 'the removal applies at once')
+
+  t.ok(await eventually(async () => (await listeners()) === 1, 10_000), 'the listener reconnects')
+  await addMember(app, owner, orgId, user, 'member')
+  t.equal((await projectsOf(app, user, orgId)).statusCode, 200, 'a member again')
+  await admin.query('delete from memberships where org_id = $1 and user_id = $2', [orgId, user.userId])
+  t.ok(
+    await eventually(async () => (await projectsOf(app, user, orgId)).statusCode === 404),
+    'notifications flow again after the reconnect',
+  )
 })
