@@ -26,6 +26,7 @@ import cryptoPlugin from './plugins/crypto.js'
 import dbPlugin from './plugins/db.js'
 import errorsPlugin from './plugins/errors.js'
 import idempotencyPlugin from './plugins/idempotency.js'
+import jobsPlugin from './plugins/jobs.js'
 import observabilityPlugin from './plugins/observability.js'
 import openapiPlugin from './plugins/openapi.js'
 import outboxPlugin from './plugins/outbox.js'
@@ -175,6 +176,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   await app.register(authPlugin, { config })
   await app.register(idempotencyPlugin)
   await app.register(outboxPlugin)
+  await app.register(jobsPlugin, { config })
 
   // Named component schemas are global, like the OpenAPI document's one components section, so
   // that one module's responses can reference another's shapes (an Org carries a Role).

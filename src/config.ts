@@ -67,6 +67,12 @@ export const ConfigSchema = Type.Object({
   ),
   WEBHOOK_ALLOW_PRIVATE_TARGETS: Type.Boolean({ default: false }),
   WORKERS: Type.Boolean({ default: true, description: 'Run queued jobs inside this process' }),
+  JOBS_POLL_INTERVAL_MS: Type.Integer({
+    minimum: 500,
+    maximum: 60_000,
+    default: 2000,
+    description: 'How often idle workers look for new jobs',
+  }),
 })
 
 export type Config = Static<typeof ConfigSchema> & { PUBLIC_URL: string }

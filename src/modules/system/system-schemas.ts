@@ -9,6 +9,10 @@ export const ServiceCheckSchema = Type.Object(
     status: ServiceStatus,
     latencyMs: Type.Optional(Type.Number()),
     message: Type.Optional(Type.String()),
+    queued: Type.Optional(Type.Integer({ minimum: 0, description: 'Jobs waiting or being retried (jobs only)' })),
+    dead: Type.Optional(
+      Type.Integer({ minimum: 0, description: 'Jobs that exhausted their retries (jobs only; degrades when > 0)' }),
+    ),
   },
   { $id: 'ServiceCheck', title: 'ServiceCheck' },
 )

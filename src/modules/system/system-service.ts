@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis'
 import type { DatabaseHandle } from '../../db/client.js'
+import type { Jobs } from '../../plugins/jobs.js'
 import type { Readiness, ServiceCheck } from './system-schemas.js'
 
 export interface ReadinessProbe {
@@ -42,12 +43,35 @@ export function redisProbe(redis: Redis, timeoutMs = 1000): ReadinessProbe {
   }
 }
 
+/**
+ * The job queue: its depth, and the dead-letter count, which degrades readiness (someone must
+ * look at them) without taking the instance out of rotation.
+ */
+export function jobsProbe(jobs: Pick<Jobs, 'counts'>): ReadinessProbe {
+  return {
+    name: 'jobs',
+    critical: false,
+    async check() {
+      const started = performance.now()
+      const latencyMs = () => Math.round((performance.now() - started) * 100) / 100
+      try {
+        const { queued, dead } = await jobs.counts()
+        return dead > 0
+          ? { status: 'degraded', latencyMs: latencyMs(), queued, dead, message: 'dead-lettered jobs need attention' }
+          : { status: 'healthy', latencyMs: latencyMs(), queued, dead }
+      } catch {
+        return { status: 'unhealthy', latencyMs: latencyMs(), message: 'unreachable' }
+      }
+    },
+  }
+}
+
 export async function checkReadiness(probes: ReadinessProbe[]): Promise<Readiness> {
   const results = await Promise.all(probes.map(async (probe) => [probe, await probe.check()] as const))
   let status: Readiness['status'] = 'healthy'
   for (const [probe, result] of results) {
     if (result.status === 'healthy') continue
-    if (probe.critical) status = 'unhealthy'
+    if (probe.critical && result.status === 'unhealthy') status = 'unhealthy'
     else if (status === 'healthy') status = 'degraded'
   }
   return {
