@@ -27,6 +27,8 @@ export interface Endpoint {
   env?: Record<string, string>
   /** Runs against each freshly started server before load; the headers it returns are sent with every request. */
   prepare?: (baseUrl: string) => Promise<RequestHeaders>
+  /** A POST whose body and headers are made afresh for every request (default: GET). */
+  post?: () => { body: string; headers: RequestHeaders }
 }
 
 /** A ratio to report: candidate req/s divided by baseline req/s, expected to reach `target` when one is set. */
@@ -161,6 +163,7 @@ function stopServer(child: ChildProcess): Promise<void> {
 
 export interface LoadOptions {
   headers?: RequestHeaders
+  post?: Endpoint['post']
   warmupSeconds: number
   durationSeconds: number
   connections: number
@@ -179,11 +182,25 @@ export interface Measurement {
 
 /** Loads `url` for a discarded warmup (JIT, connection set-up), then for the measured duration. */
 export async function measure(url: string, options: LoadOptions): Promise<Measurement> {
+  const post = options.post
   const base = {
     url,
     headers: options.headers ?? {},
     connections: options.connections,
     pipelining: options.pipelining,
+    ...(post
+      ? {
+          requests: [
+            {
+              method: 'POST' as const,
+              setupRequest: (request: autocannon.Request) => {
+                const next = post()
+                return { ...request, body: next.body, headers: { ...request.headers, ...next.headers } }
+              },
+            },
+          ],
+        }
+      : {}),
   }
   await autocannon({ ...base, duration: options.warmupSeconds })
   const result = await autocannon({ ...base, duration: options.durationSeconds })

@@ -1,3 +1,5 @@
+import { randomUUID } from 'node:crypto'
+import Stripe from 'stripe'
 import { type Endpoint, formatTable, measure, pinLoadGenerator, type Scenario, startServer, warnIfBusy } from './lib.js'
 import { PROJECT_COUNT, type PostgresFixture, postgresFixture, signUp, UNLIMITED } from './postgres-fixture.js'
 
@@ -52,6 +54,19 @@ function postgresScenarios(fixture: PostgresFixture): Scenario[] {
       target: 0.6,
     },
     {
+      // Ingestion only (WORKERS=false): verify, store the event and its job in one transaction, answer.
+      name: 'stripe-ingest',
+      baseline: { server: 'bare-pg', path: '/webhooks/stripe', env: database, post: signedStripeEvent },
+      candidate: {
+        server: 'app',
+        path: '/api/v1/webhooks/stripe',
+        label: 'app (verify, store, enqueue)',
+        env: { ...database, ...UNLIMITED, STRIPE_WEBHOOK_SECRET: STRIPE_SECRET, WORKERS: 'false' },
+        post: signedStripeEvent,
+      },
+      target: 0.5,
+    },
+    {
       name: 'project-list',
       baseline: { server: 'bare-pg', path: '/api/v1/projects', env: database },
       candidate: {
@@ -64,7 +79,23 @@ function postgresScenarios(fixture: PostgresFixture): Scenario[] {
     },
   ]
 }
-const POSTGRES_SCENARIOS = ['project-get', 'project-list']
+const POSTGRES_SCENARIOS = ['project-get', 'project-list', 'stripe-ingest']
+
+const STRIPE_SECRET = 'whsec_benchmark'
+
+/** A new signed Stripe event per request, as Stripe would deliver it. */
+function signedStripeEvent() {
+  const body = JSON.stringify({
+    id: `evt_${randomUUID().replaceAll('-', '')}`,
+    object: 'event',
+    type: 'invoice.paid',
+    created: Math.floor(Date.now() / 1000),
+    data: { object: { id: `in_${randomUUID().slice(0, 12)}`, object: 'invoice', amount_paid: 2000, currency: 'usd' } },
+    livemode: false,
+  })
+  const signature = Stripe.webhooks.generateTestHeaderString({ payload: body, secret: STRIPE_SECRET })
+  return { body, headers: { 'content-type': 'application/json', 'stripe-signature': signature } }
+}
 
 const WARMUP_SECONDS = 3
 const CONNECTIONS = 100
@@ -100,9 +131,12 @@ async function runEndpoint(scenario: Scenario, side: Run['side'], round: number,
   const server = await startServer(endpoint.server, endpoint.env)
   try {
     const prepared = endpoint.prepare ? await endpoint.prepare(server.baseUrl) : {}
-    process.stdout.write(`${scenario.name}: round ${round} ${label} GET ${endpoint.path} ... `)
+    process.stdout.write(
+      `${scenario.name}: round ${round} ${label} ${endpoint.post ? 'POST' : 'GET'} ${endpoint.path} ... `,
+    )
     const result = await measure(`${server.baseUrl}${endpoint.path}`, {
       headers: { ...endpoint.headers, ...prepared },
+      ...(endpoint.post ? { post: endpoint.post } : {}),
       warmupSeconds: WARMUP_SECONDS,
       durationSeconds: seconds,
       connections: CONNECTIONS,

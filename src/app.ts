@@ -21,6 +21,8 @@ import { projectsModule } from './modules/projects/index.js'
 import { projectsSchemas } from './modules/projects/projects-schemas.js'
 import { systemModule } from './modules/system/index.js'
 import { systemSchemas } from './modules/system/system-schemas.js'
+import webhooksModule from './modules/webhooks/index.js'
+import { webhookReceiveSchemas } from './modules/webhooks/webhooks-routes.js'
 import authPlugin from './plugins/auth.js'
 import cryptoPlugin from './plugins/crypto.js'
 import dbPlugin from './plugins/db.js'
@@ -180,12 +182,14 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
 
   // Named component schemas are global, like the OpenAPI document's one components section, so
   // that one module's responses can reference another's shapes (an Org carries a Role).
-  for (const schema of [...systemSchemas, ...authSchemas, ...orgsSchemas, ...projectsSchemas]) app.addSchema(schema)
+  for (const schema of [...systemSchemas, ...authSchemas, ...orgsSchemas, ...projectsSchemas, ...webhookReceiveSchemas])
+    app.addSchema(schema)
 
   await app.register(systemModule)
   await app.register(authModule)
   await app.register(orgsModule)
   await app.register(projectsModule)
+  await app.register(webhooksModule, { config })
 
   return app
 }

@@ -67,6 +67,18 @@ export const ConfigSchema = Type.Object({
   ),
   WEBHOOK_ALLOW_PRIVATE_TARGETS: Type.Boolean({ default: false }),
   WORKERS: Type.Boolean({ default: true, description: 'Run queued jobs inside this process' }),
+  INBOUND_WEBHOOK_RETRY_LIMIT: Type.Integer({
+    minimum: 0,
+    maximum: 20,
+    default: 10,
+    description: 'Retries of a failing inbound event handler before the event is dead',
+  }),
+  INBOUND_WEBHOOK_RETRY_DELAY_SECONDS: Type.Integer({
+    minimum: 1,
+    maximum: 3600,
+    default: 10,
+    description: 'First retry delay of a failing inbound event; doubles (with jitter) on each retry',
+  }),
   JOBS_POLL_INTERVAL_MS: Type.Integer({
     minimum: 500,
     maximum: 60_000,

@@ -1,5 +1,6 @@
 import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { randomUUID } from 'node:crypto'
 import pg from 'pg'
 
 /**
@@ -18,6 +19,9 @@ const PROJECT = `select ${columns}, data from projects where id = $1`
 const FIRST_PAGE = `select ${columns}, updated_at::text as "sortKey" from projects where org_id = $1
   order by updated_at desc, id desc limit 21`
 
+const INSERT_EVENT = `insert into webhook_events (id, provider, provider_event_id, type, payload)
+  values ($1, 'stripe', $2, $3, $4)`
+
 function send(response: ServerResponse, status: number, body: string) {
   response.writeHead(status, {
     'content-type': 'application/json; charset=utf-8',
@@ -34,6 +38,18 @@ const server = createServer((request, response) => {
       const data = result.rows.slice(0, 20).map(({ sortKey: _sortKey, ...row }) => row)
       send(response, 200, JSON.stringify({ data, nextCursor: result.rows.length > 20 ? 'next' : null }))
     }, fail)
+    return
+  }
+  if (url === '/webhooks/stripe' && request.method === 'POST') {
+    // One single-row INSERT per event, autocommitted: the floor of storing anything durably.
+    const chunks: Buffer[] = []
+    request.on('data', (chunk: Buffer) => chunks.push(chunk))
+    request.on('end', () => {
+      const event = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { id: string; type: string }
+      pool
+        .query(INSERT_EVENT, [`raw_${randomUUID()}`, event.id, event.type, Buffer.concat(chunks).toString('utf8')])
+        .then(() => send(response, 200, '{"received":true}'), fail)
+    })
     return
   }
   const match = /^\/api\/v1\/projects\/([\w-]+)$/.exec(url)

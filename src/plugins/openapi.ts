@@ -56,6 +56,7 @@ async function openapiPlugin(app: FastifyInstance, { config }: { config: Config 
         { name: 'api-keys', description: 'Scoped API keys for servers and scripts' },
         { name: 'orgs', description: 'Organizations, members, roles and the audit log' },
         { name: 'projects', description: 'Org-owned JSON documents with ETags, merge patches and idempotent writes' },
+        { name: 'webhooks', description: 'Inbound provider events: verified, stored, then processed exactly once' },
       ],
       components: {
         securitySchemes: {

@@ -2,3 +2,4 @@
 export * from './auth.js'
 export * from './projects.js'
 export * from './system.js'
+export * from './webhooks.js'

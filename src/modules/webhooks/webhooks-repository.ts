@@ -1,0 +1,110 @@
+import { and, desc, eq, lt, or, sql } from 'drizzle-orm'
+import type { Executor } from '../../db/client.js'
+import { webhookEvents } from '../../db/schema/index.js'
+import type { Cursor } from '../../lib/cursor.js'
+
+export type WebhookEventRow = typeof webhookEvents.$inferSelect
+export type WebhookEventStatus = WebhookEventRow['status']
+
+/** The only code that touches the webhook_events table. */
+export function createWebhooksRepository(db: Executor) {
+  return {
+    /** The stored event, or null when (provider, provider event id) was stored before. */
+    async insertIfNew(values: typeof webhookEvents.$inferInsert, tx: Executor = db): Promise<WebhookEventRow | null> {
+      const [row] = await tx
+        .insert(webhookEvents)
+        .values(values)
+        .onConflictDoNothing({ target: [webhookEvents.provider, webhookEvents.providerEventId] })
+        .returning()
+      return row ?? null
+    },
+
+    async find(id: string, tx: Executor = db): Promise<WebhookEventRow | null> {
+      const [row] = await tx.select().from(webhookEvents).where(eq(webhookEvents.id, id))
+      return row ?? null
+    },
+
+    async findByProviderId(provider: string, providerEventId: string, tx: Executor = db) {
+      const [row] = await tx
+        .select()
+        .from(webhookEvents)
+        .where(and(eq(webhookEvents.provider, provider), eq(webhookEvents.providerEventId, providerEventId)))
+      return row ?? null
+    },
+
+    /** Starts an attempt: counts it and marks the event processing. */
+    async startAttempt(id: string, tx: Executor = db): Promise<WebhookEventRow | null> {
+      const [row] = await tx
+        .update(webhookEvents)
+        .set({ status: 'processing', attempts: sql`${webhookEvents.attempts} + 1`, updatedAt: sql`now()` })
+        .where(eq(webhookEvents.id, id))
+        .returning()
+      return row ?? null
+    },
+
+    async finish(
+      id: string,
+      outcome: { status: WebhookEventStatus; lastError?: string | null },
+      tx: Executor = db,
+    ): Promise<void> {
+      const done = outcome.status === 'processed' || outcome.status === 'ignored'
+      await tx
+        .update(webhookEvents)
+        .set({
+          status: outcome.status,
+          lastError: outcome.lastError ?? null,
+          updatedAt: sql`now()`,
+          ...(done ? { processedAt: sql`now()` } : {}),
+        })
+        .where(eq(webhookEvents.id, id))
+    },
+
+    /** Newest first; ids are UUIDv7, so (receivedAt, id) is the keyset. */
+    async list(
+      filter: { provider?: string | undefined; status?: WebhookEventStatus | undefined },
+      limit: number,
+      before: Cursor | null,
+      tx: Executor = db,
+    ) {
+      const keyset = before
+        ? or(
+            lt(webhookEvents.receivedAt, sql`${before.k}::timestamptz`),
+            and(eq(webhookEvents.receivedAt, sql`${before.k}::timestamptz`), lt(webhookEvents.id, before.id)),
+          )
+        : undefined
+      return tx
+        .select({
+          id: webhookEvents.id,
+          provider: webhookEvents.provider,
+          providerEventId: webhookEvents.providerEventId,
+          type: webhookEvents.type,
+          status: webhookEvents.status,
+          attempts: webhookEvents.attempts,
+          lastError: webhookEvents.lastError,
+          receivedAt: webhookEvents.receivedAt,
+          processedAt: webhookEvents.processedAt,
+          sortKey: sql<string>`${webhookEvents.receivedAt}::text`,
+        })
+        .from(webhookEvents)
+        .where(
+          and(
+            filter.provider ? eq(webhookEvents.provider, filter.provider) : undefined,
+            filter.status ? eq(webhookEvents.status, filter.status) : undefined,
+            keyset,
+          ),
+        )
+        .orderBy(desc(webhookEvents.receivedAt), desc(webhookEvents.id))
+        .limit(limit)
+    },
+
+    /** Events per provider and status, for metrics. */
+    async countsByStatus(tx: Executor = db) {
+      return tx
+        .select({ provider: webhookEvents.provider, status: webhookEvents.status, count: sql<number>`count(*)::int` })
+        .from(webhookEvents)
+        .groupBy(webhookEvents.provider, webhookEvents.status)
+    },
+  }
+}
+
+export type WebhooksRepository = ReturnType<typeof createWebhooksRepository>
