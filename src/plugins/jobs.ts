@@ -49,6 +49,8 @@ export interface QueueCounts {
 export interface Jobs {
   define<Data>(definition: JobDefinition<Data>): Promise<void>
   send<Data extends object>(name: string, data: Data, options?: SendOptions): Promise<string>
+  /** Enqueues several jobs in one statement (inside `tx` when given). */
+  sendMany<Data extends object>(name: string, data: Data[], options?: Pick<SendOptions, 'tx'>): Promise<void>
   counts(): Promise<QueueCounts>
   /** Whether this process runs jobs (`WORKERS`). */
   readonly working: boolean
@@ -140,6 +142,15 @@ async function jobsPlugin(app: FastifyInstance, { config }: { config: Config }) 
       })
       if (!id) throw new Error(`the job was not enqueued on ${name}`)
       return id
+    },
+
+    async sendMany(name, data, options = {}) {
+      if (!defined.has(name)) throw new Error(`unknown queue: ${name}`)
+      if (data.length === 0) return
+      await boss.insert(
+        data.map((item) => ({ name, data: item })),
+        options.tx ? { db: transactionDb(options.tx) } : {},
+      )
     },
 
     async counts() {

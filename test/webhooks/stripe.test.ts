@@ -229,3 +229,52 @@ t.test('bodies over 1 MiB are refused with 413', async (t) => {
   assertProblem(t, response, 413, 'PAYLOAD_TOO_LARGE')
   t.same(await storedEvents(app), [])
 })
+
+t.test('a burst of deliveries, duplicates included, is stored once per event with one job each', async (t) => {
+  const { calls, extend } = handlerFor('customer.created')
+  const app = await buildTestApp(t, { env: FAST, extend })
+  const payloads = Array.from({ length: 40 }, () => stripeEvent())
+  // Every event twice, all at once: the deliveries share transactions, and each is still answered
+  // as itself.
+  const deliveries = [...payloads, ...payloads].map((payload) => deliver(app, payload, sign(payload)))
+  const responses = await Promise.all(deliveries)
+  t.ok(
+    responses.every((response) => response.statusCode === 200),
+    'every delivery acknowledged',
+  )
+  const answers = responses.map((response) => response.json() as { duplicate: boolean })
+  for (let i = 0; i < payloads.length; i++) {
+    const pair = [answers[i]?.duplicate, answers[i + payloads.length]?.duplicate]
+    t.same(pair.filter((duplicate) => duplicate === false).length, 1, `event ${i}: one of its two deliveries is new`)
+  }
+  t.equal((await storedEvents(app)).length, 40, 'one row per event')
+  t.ok(
+    await eventually(async () => (await storedEvents(app)).every((row) => row.status === 'processed'), 30_000),
+    'all processed',
+  )
+  await sleep(1000)
+  t.equal(calls.length, 40, 'each handled once')
+  t.equal(new Set(calls.map((call) => call.providerEventId)).size, 40)
+})
+
+t.test('an event the database refuses fails alone, not the deliveries it was batched with', async (t) => {
+  const app = await buildTestApp(t, { env: FAST })
+  // Signed, so it verifies, but jsonb cannot store a NUL: this one insert fails.
+  const poison = stripeEvent().replace('"livemode":false', '"livemode":false,"note":"a\\u0000b"')
+  const good = Array.from({ length: 20 }, () => stripeEvent())
+  // In the middle of the burst, so that it shares a batch with others.
+  const burst = [...good.slice(0, 10), poison, ...good.slice(10)]
+  const responses = await Promise.all(burst.map((payload) => deliver(app, payload, sign(payload))))
+  const refused = responses[10]
+  if (refused) assertProblem(t, refused, 400, 'INVALID_CHARACTER', 'the poison event is not acknowledged')
+  t.ok(
+    responses.every((response, index) => index === 10 || response.statusCode === 200),
+    'every other delivery is',
+  )
+  const stored = await storedEvents(app)
+  t.equal(stored.length, 20, 'and stored')
+  t.notOk(
+    stored.some((row) => row.providerEventId === JSON.parse(poison).id),
+    'the poison event is not',
+  )
+})

@@ -9,26 +9,22 @@ export type WebhookEventStatus = WebhookEventRow['status']
 /** The only code that touches the webhook_events table. */
 export function createWebhooksRepository(db: Executor) {
   return {
-    /** The stored event, or null when (provider, provider event id) was stored before. */
-    async insertIfNew(values: typeof webhookEvents.$inferInsert, tx: Executor = db): Promise<WebhookEventRow | null> {
-      const [row] = await tx
+    /** Inserts the events not stored before; returns those it inserted (id, provider, event id). */
+    async insertManyIfNew(values: (typeof webhookEvents.$inferInsert)[], tx: Executor = db) {
+      if (values.length === 0) return []
+      return tx
         .insert(webhookEvents)
         .values(values)
         .onConflictDoNothing({ target: [webhookEvents.provider, webhookEvents.providerEventId] })
-        .returning()
-      return row ?? null
+        .returning({
+          id: webhookEvents.id,
+          provider: webhookEvents.provider,
+          providerEventId: webhookEvents.providerEventId,
+        })
     },
 
     async find(id: string, tx: Executor = db): Promise<WebhookEventRow | null> {
       const [row] = await tx.select().from(webhookEvents).where(eq(webhookEvents.id, id))
-      return row ?? null
-    },
-
-    async findByProviderId(provider: string, providerEventId: string, tx: Executor = db) {
-      const [row] = await tx
-        .select()
-        .from(webhookEvents)
-        .where(and(eq(webhookEvents.provider, provider), eq(webhookEvents.providerEventId, providerEventId)))
       return row ?? null
     },
 

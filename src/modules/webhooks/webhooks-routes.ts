@@ -44,8 +44,9 @@ export function webhooksReceiveRoutes(service: WebhooksService, config: Config):
       '/webhooks/stripe',
       {
         bodyLimit: WEBHOOK_BODY_LIMIT,
-        // Providers deliver in bursts from a few addresses; a 429 would only delay their retries.
-        config: { rateLimit: { max: 6000, timeWindow: 60_000 } },
+        // Providers deliver in bursts from a few addresses: ten times a client's budget, since a
+        // 429 would only delay their retries.
+        config: { rateLimit: { max: config.RATE_LIMIT_MAX * 10, timeWindow: config.RATE_LIMIT_WINDOW_MS } },
         schema: {
           operationId: 'receiveStripeEvent',
           tags: ['webhooks'],
