@@ -1,4 +1,5 @@
 import { Writable } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import type { Redis } from 'ioredis'
 import { type AppOverrides, buildApp } from '../src/app.js'
@@ -94,4 +95,14 @@ export async function buildTestApp(t: Teardown, options: TestAppOptions = {}): P
   await options.extend?.(app)
   await app.ready()
   return app
+}
+
+/** Polls until `check` holds or `ms` pass; returns whether it held (for work done in the background). */
+export async function eventually(check: () => boolean | Promise<boolean>, ms = 15_000): Promise<boolean> {
+  const deadline = Date.now() + ms
+  while (Date.now() < deadline) {
+    if (await check()) return true
+    await sleep(25)
+  }
+  return check()
 }

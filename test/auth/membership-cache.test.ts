@@ -5,22 +5,15 @@ import t from 'tap'
 import { buildApp } from '../../src/app.js'
 import { and, eq } from 'drizzle-orm'
 import { memberships } from '../../src/db/schema/index.js'
-import { buildTestApp, postgresForTest, testConfig } from '../helper.js'
+import { buildTestApp, eventually as eventuallyWithin, postgresForTest, testConfig } from '../helper.js'
 import { createPostgresDatabase } from '../support/databases.js'
 import { type Account, account, addMember, callAs, createOrg } from './support.js'
 
 // Long enough that only an invalidation, never expiry, can explain a change seen within a test.
 const LONG_TTL = { MEMBERSHIP_CACHE_TTL_MS: '600000' }
 
-/** Polls until `check` holds or `ms` pass; returns whether it held. */
-async function eventually(check: () => Promise<boolean>, ms = 3000): Promise<boolean> {
-  const deadline = Date.now() + ms
-  while (Date.now() < deadline) {
-    if (await check()) return true
-    await sleep(25)
-  }
-  return check()
-}
+/** Background work this test waits for finishes within 3000 ms. */
+const eventually = (check: () => boolean | Promise<boolean>, ms = 3000) => eventuallyWithin(check, ms)
 
 const projectsOf = (app: FastifyInstance, who: Account, orgId: string) =>
   callAs(app, who, 'GET', `/projects?orgId=${orgId}`)

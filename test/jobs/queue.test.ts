@@ -4,22 +4,12 @@ import t from 'tap'
 import { buildApp } from '../../src/app.js'
 import { systemSettings } from '../../src/db/schema/index.js'
 import type { JobContext } from '../../src/plugins/jobs.js'
-import { buildTestApp, postgresForTest, TEST_ENCRYPTION_KEY, testConfig } from '../helper.js'
+import { buildTestApp, eventually, postgresForTest, TEST_ENCRYPTION_KEY, testConfig } from '../helper.js'
 import { createPostgresDatabase } from '../support/databases.js'
 import { runNodeScript } from '../support/server-process.js'
 
 // Workers look for work every half second in these tests.
 const FAST = { JOBS_POLL_INTERVAL_MS: '500' }
-
-/** Polls until `check` holds or `ms` pass; returns whether it held. */
-async function eventually(check: () => boolean | Promise<boolean>, ms = 15_000): Promise<boolean> {
-  const deadline = Date.now() + ms
-  while (Date.now() < deadline) {
-    if (await check()) return true
-    await sleep(50)
-  }
-  return check()
-}
 
 interface Recorded {
   data: { n: number }

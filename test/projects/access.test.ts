@@ -19,6 +19,7 @@ import {
   type Test,
   uniqueAddress,
 } from '../auth/support.js'
+import type { Project } from './support.js'
 
 const app = await buildTestApp(t)
 
@@ -48,18 +49,6 @@ function callWith(
     ...(payload ? { payload } : {}),
     remoteAddress: uniqueAddress(),
   })
-}
-
-interface Project {
-  id: string
-  orgId: string
-  name: string
-  description: string
-  data: unknown
-  version: number
-  createdBy: string | null
-  createdAt: string
-  updatedAt: string
 }
 
 type Summary = Omit<Project, 'data'>

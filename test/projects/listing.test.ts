@@ -14,22 +14,14 @@ import {
   type Test,
   walkPages,
 } from '../auth/support.js'
+import type { ProjectSummary } from './support.js'
 
 const app = await buildTestApp(t)
 
 const call = (who: Pick<Account, 'headers'>, method: Method, url: string, payload?: Record<string, unknown>) =>
   callAs(app, who, method, url, payload)
 
-interface Summary {
-  id: string
-  orgId: string
-  name: string
-  description: string
-  version: number
-  createdBy: string | null
-  createdAt: string
-  updatedAt: string
-}
+type Summary = ProjectSummary
 
 type Sort = 'updatedAt' | 'name'
 type Order = 'asc' | 'desc'

@@ -15,20 +15,9 @@ import {
   type Test,
   uniqueAddress,
 } from '../auth/support.js'
+import type { Project } from './support.js'
 
 const app = await buildTestApp(t)
-
-interface Project {
-  id: string
-  orgId: string
-  name: string
-  description: string
-  data: unknown
-  version: number
-  createdBy: string | null
-  createdAt: string
-  updatedAt: string
-}
 
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/
 

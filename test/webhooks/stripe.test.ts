@@ -6,7 +6,7 @@ import Stripe from 'stripe'
 import t from 'tap'
 import { webhookEvents } from '../../src/db/schema/index.js'
 import type { InboundEvent } from '../../src/modules/webhooks/webhooks-service.js'
-import { buildTestApp } from '../helper.js'
+import { buildTestApp, eventually as eventuallyWithin } from '../helper.js'
 import { assertProblem } from '../auth/support.js'
 
 const SECRET = 'whsec_test_current_secret'
@@ -18,14 +18,8 @@ const FAST = {
   INBOUND_WEBHOOK_RETRY_LIMIT: '2',
 }
 
-async function eventually(check: () => boolean | Promise<boolean>, ms = 20_000): Promise<boolean> {
-  const deadline = Date.now() + ms
-  while (Date.now() < deadline) {
-    if (await check()) return true
-    await sleep(50)
-  }
-  return check()
-}
+/** Background work this test waits for finishes within 20000 ms. */
+const eventually = (check: () => boolean | Promise<boolean>, ms = 20000) => eventuallyWithin(check, ms)
 
 /** A Stripe event body as Stripe sends it. */
 function stripeEvent(type = 'customer.created', id = `evt_${randomUUID().replaceAll('-', '')}`) {

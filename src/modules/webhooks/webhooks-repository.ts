@@ -92,14 +92,6 @@ export function createWebhooksRepository(db: Executor) {
         .orderBy(desc(webhookEvents.receivedAt), desc(webhookEvents.id))
         .limit(limit)
     },
-
-    /** Events per provider and status, for metrics. */
-    async countsByStatus(tx: Executor = db) {
-      return tx
-        .select({ provider: webhookEvents.provider, status: webhookEvents.status, count: sql<number>`count(*)::int` })
-        .from(webhookEvents)
-        .groupBy(webhookEvents.provider, webhookEvents.status)
-    },
   }
 }
 
