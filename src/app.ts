@@ -22,6 +22,7 @@ import { projectsSchemas } from './modules/projects/projects-schemas.js'
 import { systemModule } from './modules/system/index.js'
 import { systemSchemas } from './modules/system/system-schemas.js'
 import webhooksModule from './modules/webhooks/index.js'
+import { webhookAdminSchemas } from './modules/webhooks/webhooks-admin-routes.js'
 import { webhookReceiveSchemas } from './modules/webhooks/webhooks-routes.js'
 import authPlugin from './plugins/auth.js'
 import cryptoPlugin from './plugins/crypto.js'
@@ -182,7 +183,14 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
 
   // Named component schemas are global, like the OpenAPI document's one components section, so
   // that one module's responses can reference another's shapes (an Org carries a Role).
-  for (const schema of [...systemSchemas, ...authSchemas, ...orgsSchemas, ...projectsSchemas, ...webhookReceiveSchemas])
+  for (const schema of [
+    ...systemSchemas,
+    ...authSchemas,
+    ...orgsSchemas,
+    ...projectsSchemas,
+    ...webhookReceiveSchemas,
+    ...webhookAdminSchemas,
+  ])
     app.addSchema(schema)
 
   await app.register(systemModule)

@@ -79,11 +79,24 @@ export const ConfigSchema = Type.Object({
     default: 10,
     description: 'First retry delay of a failing inbound event; doubles (with jitter) on each retry',
   }),
+  INBOUND_WEBHOOK_TIMEOUT_SECONDS: Type.Integer({
+    minimum: 1,
+    maximum: 3600,
+    default: 120,
+    description:
+      'How long one processing attempt of an inbound event may run; an attempt cut short by a dying worker is retried after it',
+  }),
   JOBS_POLL_INTERVAL_MS: Type.Integer({
     minimum: 500,
     maximum: 60_000,
     default: 2000,
     description: 'How often idle workers look for new jobs',
+  }),
+  JOBS_MAINTENANCE_INTERVAL_SECONDS: Type.Integer({
+    minimum: 1,
+    maximum: 3600,
+    default: 60,
+    description: 'How often workers requeue timed-out jobs (their worker died) and prune finished ones',
   }),
 })
 

@@ -99,7 +99,8 @@ function wellFormed(value: unknown): boolean {
 export function canonicalJson(value: unknown): string {
   return JSON.stringify(value, (_key, item: unknown) => {
     if (typeof item !== 'object' || item === null || Array.isArray(item)) return item
-    const sorted: Record<string, unknown> = {}
+    // No prototype: a "__proto__" key stays a key instead of replacing the prototype.
+    const sorted = Object.create(null) as Record<string, unknown>
     for (const key of Object.keys(item).sort()) sorted[key] = (item as Record<string, unknown>)[key]
     return sorted
   })

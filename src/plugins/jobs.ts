@@ -99,6 +99,8 @@ async function jobsPlugin(app: FastifyInstance, { config }: { config: Config }) 
     // Maintenance (expiring, archiving, retention) runs where jobs run.
     supervise: working,
     schedule: working,
+    // Also how soon a job whose worker died (it stays active) is expired and retried.
+    maintenanceIntervalSeconds: config.JOBS_MAINTENANCE_INTERVAL_SECONDS,
     migrate: true,
   })
   boss.on('error', (error) => app.log.warn({ err: error }, 'job queue error'))
@@ -116,14 +118,17 @@ async function jobsPlugin(app: FastifyInstance, { config }: { config: Config }) 
       const dead = deadLetterQueue(definition.name)
       // Dead jobs are kept for two weeks, for inspection and replay.
       await boss.createQueue(dead, { name: dead, retentionMinutes: 14 * 24 * 60 })
-      await boss.createQueue(definition.name, {
+      const policy = {
         name: definition.name,
         retryLimit: definition.retryLimit ?? 8,
         retryDelay: definition.retryDelaySeconds ?? 5,
         retryBackoff: true,
         expireInSeconds: definition.expireInSeconds ?? 300,
         deadLetter: dead,
-      })
+      }
+      // createQueue leaves an existing queue as it was; the update applies changed settings.
+      await boss.createQueue(definition.name, policy)
+      await boss.updateQueue(definition.name, policy)
       if (!working) return
       await boss.work<Data>(
         definition.name,

@@ -1,5 +1,5 @@
 import { sql } from 'drizzle-orm'
-import { index, jsonb, pgEnum, pgTable, primaryKey, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core'
+import { boolean, index, jsonb, pgEnum, pgTable, primaryKey, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core'
 
 const createdAt = () => timestamp({ withTimezone: true }).notNull().defaultNow()
 
@@ -12,6 +12,8 @@ export const users = pgTable(
     name: text(),
     // Null for users provisioned by an external identity provider.
     passwordHash: text(),
+    // Operators of this deployment (inbound webhook events, replays); granted by `npm run admin:grant`.
+    platformAdmin: boolean().notNull().default(false),
     createdAt: createdAt(),
     updatedAt: timestamp({ withTimezone: true }).notNull().defaultNow(),
   },

@@ -34,6 +34,21 @@ export function createAuthRepository(db: Executor) {
       return row ?? null
     },
 
+    async isPlatformAdmin(id: string, tx: Executor = db): Promise<boolean> {
+      const [row] = await tx.select({ platformAdmin: users.platformAdmin }).from(users).where(eq(users.id, id))
+      return row?.platformAdmin ?? false
+    },
+
+    /** Returns false when no account has this (normalised) email. */
+    async setPlatformAdmin(email: string, granted: boolean, tx: Executor = db): Promise<boolean> {
+      const rows = await tx
+        .update(users)
+        .set({ platformAdmin: granted, updatedAt: new Date() })
+        .where(eq(users.email, email))
+        .returning({ id: users.id })
+      return rows.length > 0
+    },
+
     async findExternalIdentity(issuer: string, subject: string, tx: Executor = db) {
       const [row] = await tx
         .select()

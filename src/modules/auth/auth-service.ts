@@ -199,6 +199,11 @@ export function createAuthService(deps: {
       }
     },
 
+    /** Read on every use, so revoking the flag takes effect at once. */
+    isPlatformAdmin: (userId: string) => repository.isPlatformAdmin(userId),
+
+    setPlatformAdmin: (email: string, granted: boolean) => repository.setPlatformAdmin(normalizeEmail(email), granted),
+
     async userIdByEmail(email: string) {
       return (await repository.findUserByEmail(normalizeEmail(email)))?.id ?? null
     },

@@ -83,3 +83,18 @@ declare module 'fastify' {
     auth: AuthContext | null
   }
 }
+
+/**
+ * An operator of this deployment (the platform-admin flag, granted with `npm run admin:grant`),
+ * signed in as a user: API keys act for one org and never carry platform rights.
+ */
+export async function requirePlatformAdmin(
+  request: FastifyRequest,
+  isPlatformAdmin: (userId: string) => Promise<boolean>,
+): Promise<AuthContext> {
+  const auth = requireUserSession(request)
+  if (!(await isPlatformAdmin(auth.userId))) {
+    throw problems.forbidden('This requires a platform administrator.', 'PLATFORM_ADMIN_REQUIRED')
+  }
+  return auth
+}

@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Config } from '../../config.js'
 import { createWebhooksRepository } from './webhooks-repository.js'
+import { webhooksAdminRoutes } from './webhooks-admin-routes.js'
 import { webhooksReceiveRoutes } from './webhooks-routes.js'
 import { createWebhooksService, PROCESS_QUEUE, type WebhookHandlers } from './webhooks-service.js'
 
@@ -23,15 +24,23 @@ async function webhooksModule(app: FastifyInstance, { config }: { config: Config
     repository: createWebhooksRepository(app.db),
     jobs: app.jobs,
     retryLimit: config.INBOUND_WEBHOOK_RETRY_LIMIT,
+    metrics: app.metrics,
   })
   app.decorate('webhookHandlers', service.handlers)
   await app.jobs.define<{ eventId: string }>({
     name: PROCESS_QUEUE,
     retryLimit: config.INBOUND_WEBHOOK_RETRY_LIMIT,
     retryDelaySeconds: config.INBOUND_WEBHOOK_RETRY_DELAY_SECONDS,
+    expireInSeconds: config.INBOUND_WEBHOOK_TIMEOUT_SECONDS,
     handler: ({ eventId }, job) => service.process(eventId, job.retryCount),
   })
   await app.register(webhooksReceiveRoutes(service, config), { prefix: '/api/v1' })
+  await app.register(
+    webhooksAdminRoutes(service, (userId) => app.authService.isPlatformAdmin(userId)),
+    {
+      prefix: '/api/v1',
+    },
+  )
 }
 
-export default fp(webhooksModule, { name: 'webhooks', fastify: '5.x', dependencies: ['jobs'] })
+export default fp(webhooksModule, { name: 'webhooks', fastify: '5.x', dependencies: ['jobs', 'auth'] })

@@ -1,10 +1,9 @@
 import Stripe from 'stripe'
+import { EventShapeError, SignatureError } from './verification.js'
 import type { VerifiedEvent } from './webhooks-service.js'
 
 /** Stripe's own default: a signature older than five minutes is refused (replay protection). */
 export const STRIPE_TOLERANCE_SECONDS = 300
-
-export class SignatureError extends Error {}
 
 /**
  * Verifies a Stripe delivery with the SDK: HMAC-SHA256 over `timestamp.rawBody`, any of the `v1`
@@ -30,6 +29,3 @@ export function verifyStripe(rawBody: Buffer, header: string | undefined, secret
   }
   throw new SignatureError(lastError instanceof Error ? lastError.message : 'the Stripe signature does not verify')
 }
-
-/** Signed correctly, but not an event (no id or type). */
-export class EventShapeError extends Error {}

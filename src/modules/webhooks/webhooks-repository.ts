@@ -1,10 +1,13 @@
-import { and, desc, eq, lt, or, sql } from 'drizzle-orm'
+import { and, desc, eq, lt, notInArray, or, sql } from 'drizzle-orm'
 import type { Executor } from '../../db/client.js'
 import { webhookEvents } from '../../db/schema/index.js'
 import type { Cursor } from '../../lib/cursor.js'
 
 export type WebhookEventRow = typeof webhookEvents.$inferSelect
 export type WebhookEventStatus = WebhookEventRow['status']
+
+/** Statuses after which an event is not processed again unless replayed. */
+const DONE: WebhookEventStatus[] = ['processed', 'ignored']
 
 /** The only code that touches the webhook_events table. */
 export function createWebhooksRepository(db: Executor) {
@@ -28,14 +31,24 @@ export function createWebhooksRepository(db: Executor) {
       return row ?? null
     },
 
-    /** Starts an attempt: counts it and marks the event processing. */
+    /** Starts an attempt on an event not yet done: counts it and marks it processing. */
     async startAttempt(id: string, tx: Executor = db): Promise<WebhookEventRow | null> {
       const [row] = await tx
         .update(webhookEvents)
         .set({ status: 'processing', attempts: sql`${webhookEvents.attempts} + 1`, updatedAt: sql`now()` })
-        .where(eq(webhookEvents.id, id))
+        .where(and(eq(webhookEvents.id, id), notInArray(webhookEvents.status, DONE)))
         .returning()
       return row ?? null
+    },
+
+    /** Locks the event for the rest of `tx`; false when it is done (or gone) meanwhile. */
+    async lockUnfinished(id: string, tx: Executor): Promise<boolean> {
+      const [row] = await tx
+        .select({ status: webhookEvents.status })
+        .from(webhookEvents)
+        .where(eq(webhookEvents.id, id))
+        .for('update')
+      return row !== undefined && !DONE.includes(row.status)
     },
 
     async finish(
@@ -43,7 +56,7 @@ export function createWebhooksRepository(db: Executor) {
       outcome: { status: WebhookEventStatus; lastError?: string | null },
       tx: Executor = db,
     ): Promise<void> {
-      const done = outcome.status === 'processed' || outcome.status === 'ignored'
+      const done = DONE.includes(outcome.status)
       await tx
         .update(webhookEvents)
         .set({

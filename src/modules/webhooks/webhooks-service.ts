@@ -1,4 +1,5 @@
-import type { Database } from '../../db/client.js'
+import { Counter, type Registry } from 'prom-client'
+import type { Database, Executor } from '../../db/client.js'
 import { cursorParam, isTimestampText, toPage } from '../../lib/cursor.js'
 import { newId } from '../../lib/ids.js'
 import { problems } from '../../lib/problem.js'
@@ -28,7 +29,13 @@ export interface InboundEvent {
   attempt: number
 }
 
-export type InboundHandler = (event: InboundEvent) => Promise<void>
+/**
+ * Handles one event. Database writes made through `tx` commit together with the event's
+ * `processed` mark, so they happen exactly once even when a crash makes the queue run the event
+ * again; calls to other systems must be idempotent by `event.id`. Use only `tx` for the database
+ * inside a handler: on the embedded engine another connection would wait for this transaction.
+ */
+export type InboundHandler = (event: InboundEvent, tx: Executor) => Promise<void>
 
 /** Where modules register what to do with a provider's event types (billing: Stripe subscriptions). */
 export interface WebhookHandlers {
@@ -41,14 +48,22 @@ export function createWebhooksService(deps: {
   jobs: Jobs
   /** Retries after the first attempt; the last failure leaves the event dead. */
   retryLimit: number
+  metrics: Registry
 }) {
   const { db, repository, jobs, retryLimit } = deps
   const handlers = new Map<string, InboundHandler>()
+  // Counted where it happens: deliveries on API instances, processing outcomes where workers run.
+  const events = new Counter({
+    name: 'webhook_events_total',
+    help: 'Inbound webhook events by provider and status: received (stored), duplicate, rejected (signature or shape), then processed, ignored, failed (will retry) or dead',
+    labelNames: ['provider', 'status'] as const,
+    registers: [deps.metrics],
+  })
 
-  async function storeBatch(events: VerifiedEvent[]): Promise<{ duplicate: boolean }[]> {
+  async function storeBatch(batch: VerifiedEvent[]): Promise<{ duplicate: boolean }[]> {
     return db.transaction(async (tx) => {
       const inserted = await repository.insertManyIfNew(
-        events.map((event) => ({
+        batch.map((event) => ({
           id: newId('wev'),
           provider: event.provider,
           providerEventId: event.providerEventId,
@@ -64,7 +79,7 @@ export function createWebhooksService(deps: {
       )
       // The first delivery of an event in this batch is the new one; any other is a duplicate.
       const fresh = new Set(inserted.map((row) => keyOf(row.provider, row.providerEventId)))
-      return events.map((event) => ({ duplicate: !fresh.delete(keyOf(event.provider, event.providerEventId)) }))
+      return batch.map((event) => ({ duplicate: !fresh.delete(keyOf(event.provider, event.providerEventId)) }))
     })
   }
   const ingestion = createGroupCommit({ write: storeBatch, maxBatch: 200, writers: 2 })
@@ -85,7 +100,15 @@ export function createWebhooksService(deps: {
      * Concurrent deliveries share transactions (group commit): a burst costs a few round trips
      * per batch instead of four per event.
      */
-    ingest: (event: VerifiedEvent): Promise<{ duplicate: boolean }> => ingestion.submit(event),
+    async ingest(event: VerifiedEvent): Promise<{ duplicate: boolean }> {
+      const result = await ingestion.submit(event)
+      events.inc({ provider: event.provider, status: result.duplicate ? 'duplicate' : 'received' })
+      return result
+    },
+
+    countRejected(provider: string) {
+      events.inc({ provider, status: 'rejected' })
+    },
 
     /**
      * One processing attempt (a job). No handler: ignored. A failure is rethrown so the queue
@@ -93,21 +116,31 @@ export function createWebhooksService(deps: {
      */
     async process(eventId: string, retryCount: number): Promise<void> {
       const event = await repository.startAttempt(eventId)
-      if (!event) return // deleted meanwhile: nothing to do
+      if (!event) return // already done (a job that ran again after a crash) or deleted
       const handler = handlers.get(keyOf(event.provider, event.type))
       if (!handler) {
         await repository.finish(eventId, { status: 'ignored' })
+        events.inc({ provider: event.provider, status: 'ignored' })
         return
       }
+      let ran: boolean
       try {
-        await handler(toInbound(event))
+        ran = await db.transaction(async (tx) => {
+          // Another run of this event (an expired job's retry, a replay) waits on this lock and
+          // then finds it done, so the handler's writes commit once.
+          if (!(await repository.lockUnfinished(eventId, tx))) return false
+          await handler(toInbound(event), tx)
+          await repository.finish(eventId, { status: 'processed' }, tx)
+          return true
+        })
       } catch (error) {
-        const last = retryCount >= retryLimit
+        const status = retryCount >= retryLimit ? 'dead' : 'failed'
         const message = error instanceof Error ? error.message : String(error)
-        await repository.finish(eventId, { status: last ? 'dead' : 'failed', lastError: message.slice(0, 1000) })
+        await repository.finish(eventId, { status, lastError: message.slice(0, 1000) })
+        events.inc({ provider: event.provider, status })
         throw error
       }
-      await repository.finish(eventId, { status: 'processed' })
+      if (ran) events.inc({ provider: event.provider, status: 'processed' })
     },
 
     /** Processes a stored event again (after a fix, or to re-run its side effects idempotently). */
