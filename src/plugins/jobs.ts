@@ -52,12 +52,18 @@ export interface Jobs {
   /** Enqueues several jobs in one statement (inside `tx` when given). */
   sendMany<Data extends object>(name: string, data: Data[], options?: Pick<SendOptions, 'tx'>): Promise<void>
   counts(): Promise<QueueCounts>
+  /**
+   * Removes the dead-lettered jobs of `name` whose data has `field` equal to `value`, once the
+   * caller has dealt with them (replayed their work), so readiness stops reporting them.
+   */
+  clearDead(name: string, field: string, value: string, options?: Pick<SendOptions, 'tx'>): Promise<number>
   /** Whether this process runs jobs (`WORKERS`). */
   readonly working: boolean
 }
 
 const QUEUE_NAME = /^[a-z][a-z0-9]*(\.[a-z][a-z0-9-]*)*$/
 export const deadLetterQueue = (name: string) => `${name}.dead`
+const SCHEMA = 'pgboss'
 
 /**
  * pg-boss speaks to the database through this adapter: statements without parameters may hold
@@ -95,7 +101,7 @@ async function jobsPlugin(app: FastifyInstance, { config }: { config: Config }) 
   const working = config.WORKERS
   const boss = new PgBoss({
     db: bossDb(app.database),
-    schema: 'pgboss',
+    schema: SCHEMA,
     // Maintenance (expiring, archiving, retention) runs where jobs run.
     supervise: working,
     schedule: working,
@@ -156,6 +162,16 @@ async function jobsPlugin(app: FastifyInstance, { config }: { config: Config }) 
         data.map((item) => ({ name, data: item })),
         options.tx ? { db: transactionDb(options.tx) } : {},
       )
+    },
+
+    async clearDead(name, field, value, options = {}) {
+      if (!defined.has(name)) throw new Error(`unknown queue: ${name}`)
+      const db = options.tx ? transactionDb(options.tx) : bossDb(app.database)
+      const { rows } = await db.executeSql(
+        `DELETE FROM ${SCHEMA}.job WHERE name = $1 AND data ->> $2 = $3 RETURNING id`,
+        [deadLetterQueue(name), field, value],
+      )
+      return rows.length
     },
 
     async counts() {

@@ -31,6 +31,16 @@ export function createWebhooksRepository(db: Executor) {
       return row ?? null
     },
 
+    /** Puts an event back to `received` for another round of processing; null when unknown. */
+    async requeue(id: string, tx: Executor = db): Promise<WebhookEventRow | null> {
+      const [row] = await tx
+        .update(webhookEvents)
+        .set({ status: 'received', lastError: null, processedAt: null, updatedAt: sql`now()` })
+        .where(eq(webhookEvents.id, id))
+        .returning()
+      return row ?? null
+    },
+
     /** Starts an attempt on an event not yet done: counts it and marks it processing. */
     async startAttempt(id: string, tx: Executor = db): Promise<WebhookEventRow | null> {
       const [row] = await tx

@@ -145,13 +145,16 @@ export function createWebhooksService(deps: {
 
     /** Processes a stored event again (after a fix, or to re-run its side effects idempotently). */
     async replay(eventId: string): Promise<WebhookEventRow> {
-      const event = await repository.find(eventId)
-      if (!event) throw problems.notFound('Webhook event not found.', 'WEBHOOK_EVENT_NOT_FOUND')
-      await db.transaction(async (tx) => {
-        await repository.finish(eventId, { status: 'received' }, tx)
+      const replayed = await db.transaction(async (tx) => {
+        const event = await repository.requeue(eventId, tx)
+        if (!event) return null
         await jobs.send(PROCESS_QUEUE, { eventId }, { tx })
+        // Its dead-lettered job is dealt with: readiness no longer counts it.
+        await jobs.clearDead(PROCESS_QUEUE, 'eventId', eventId, { tx })
+        return event
       })
-      return { ...event, status: 'received' }
+      if (!replayed) throw problems.notFound('Webhook event not found.', 'WEBHOOK_EVENT_NOT_FOUND')
+      return replayed
     },
 
     async list(
