@@ -113,6 +113,33 @@ async function jobsPlugin(app: FastifyInstance, { config }: { config: Config }) 
   await boss.start()
   const pollingIntervalSeconds = Math.max(0.5, config.JOBS_POLL_INTERVAL_MS / 1000)
   const defined = new Set<string>()
+  let ready = false
+  const pendingWorkers: (() => Promise<void>)[] = []
+  app.addHook('onReady', async () => {
+    ready = true
+    for (const start of pendingWorkers.splice(0)) await start()
+  })
+
+  async function startWorker<Data>(definition: JobDefinition<Data>) {
+    // The first job may arrive before work() returns the worker's id.
+    const worker: { id?: string } = {}
+    worker.id = await boss.work<Data>(
+      definition.name,
+      { pollingIntervalSeconds, batchSize: 1, includeMetadata: true },
+      async ([job]) => {
+        if (!job) return
+        try {
+          await definition.handler(job.data, { id: job.id, retryCount: job.retryCount })
+        } finally {
+          // On PGlite a query never gives timers or sockets a turn, so a worker draining a
+          // backlog would starve HTTP: yield once per job.
+          await new Promise((resolve) => setImmediate(resolve))
+          // A job was there, so more may be: fetch again now instead of after a polling interval.
+          if (worker.id) boss.notifyWorker(worker.id)
+        }
+      },
+    )
+  }
 
   const jobs: Jobs = {
     working,
@@ -136,13 +163,11 @@ async function jobsPlugin(app: FastifyInstance, { config }: { config: Config }) 
       await boss.createQueue(definition.name, policy)
       await boss.updateQueue(definition.name, policy)
       if (!working) return
-      await boss.work<Data>(
-        definition.name,
-        { pollingIntervalSeconds, batchSize: 1, includeMetadata: true },
-        async ([job]) => {
-          if (job) await definition.handler(job.data, { id: job.id, retryCount: job.retryCount })
-        },
-      )
+      const start = () => startWorker(definition)
+      // Jobs must not run before every module has registered what they need (webhook handlers
+      // are added after the queue is defined): workers start once the app is ready.
+      if (ready) await start()
+      else pendingWorkers.push(start)
     },
 
     async send(name, data, options = {}) {

@@ -95,6 +95,36 @@ t.test('a job that fails once succeeds on its retry', async (t) => {
   t.same(await app.jobs.counts(), { queued: 0, dead: 0 }, 'and nothing dead')
 })
 
+t.test('workers start once the app is ready, after every module has registered its handlers', async (t) => {
+  const { runs, extend } = recorder()
+  await buildTestApp(t, {
+    env: FAST,
+    extend: async (app) => {
+      await extend(app)
+      await app.jobs.send('test.record', { n: 1 })
+      // Several polling intervals while the app is still being assembled.
+      await sleep(1500)
+      t.same(runs, [], 'nothing ran before the app was ready')
+    },
+  })
+  t.ok(await eventually(() => runs.length === 1), 'the job ran once the app was ready')
+})
+
+t.test('a backlog drains back to back, not one job per polling interval', async (t) => {
+  const { runs, extend } = recorder()
+  // The default interval: at one job per interval, 40 jobs would take 80 s.
+  const app = await buildTestApp(t, { env: { JOBS_POLL_INTERVAL_MS: '2000' }, extend })
+  await app.db.transaction(async (tx) => {
+    for (let n = 0; n < 40; n++) await app.jobs.send('test.record', { n }, { tx })
+  })
+  t.ok(await eventually(() => runs.length === 40, 20_000), 'all 40 ran within 20 s')
+  t.same(
+    runs.map((run) => run.data.n).sort((a, b) => a - b),
+    Array.from({ length: 40 }, (_, n) => n),
+    'each once',
+  )
+})
+
 t.test('queues are checked: unknown queues, bad names and double definitions are refused', async (t) => {
   const app = await buildTestApp(t, { env: FAST })
   await t.rejects(app.jobs.send('test.nowhere', { n: 1 }), /unknown queue/)
@@ -124,6 +154,7 @@ t.test('with WORKERS=false jobs wait; a worker process runs them (PostgreSQL)', 
   const worker = await buildApp(testConfig(env))
   t.teardown(() => worker.close())
   await workerExtend(worker)
+  await worker.ready()
   t.ok(await eventually(() => workerRuns.length === 1), 'the worker instance ran it')
   t.same(workerRuns[0]?.data, { n: 11 })
   t.ok(await eventually(async () => (await api.jobs.counts()).queued === 0), 'and the queue is empty')
