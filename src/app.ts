@@ -22,6 +22,7 @@ import { projectsSchemas } from './modules/projects/projects-schemas.js'
 import { systemModule } from './modules/system/index.js'
 import { systemSchemas } from './modules/system/system-schemas.js'
 import webhooksModule from './modules/webhooks/index.js'
+import { endpointSchemas } from './modules/webhooks/endpoints-schemas.js'
 import { webhookAdminSchemas } from './modules/webhooks/webhooks-admin-routes.js'
 import { webhookReceiveSchemas } from './modules/webhooks/webhooks-routes.js'
 import authPlugin from './plugins/auth.js'
@@ -190,6 +191,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     ...projectsSchemas,
     ...webhookReceiveSchemas,
     ...webhookAdminSchemas,
+    ...endpointSchemas,
   ])
     app.addSchema(schema)
 

@@ -1,4 +1,5 @@
-import { index, integer, jsonb, pgEnum, pgTable, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core'
+import { boolean, index, integer, jsonb, pgEnum, pgTable, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core'
+import { orgs } from './auth.js'
 
 export const webhookEventStatus = pgEnum('webhook_event_status', [
   'received',
@@ -34,4 +35,33 @@ export const webhookEvents = pgTable(
     index('webhook_events_received_idx').on(table.receivedAt, table.id),
     index('webhook_events_status_idx').on(table.status, table.receivedAt, table.id),
   ],
+)
+
+/**
+ * Where an org's systems receive Backplane's events (outbound webhooks). Signing secrets are
+ * sealed with the server's encryption key; after a rotation the previous secret keeps signing
+ * alongside the new one until `previousSecretExpiresAt`, so receivers can switch over.
+ */
+export const webhookEndpoints = pgTable(
+  'webhook_endpoints',
+  {
+    id: text().primaryKey(),
+    orgId: text()
+      .notNull()
+      .references(() => orgs.id, { onDelete: 'cascade' }),
+    url: text().notNull(),
+    // Event types, or ['*'] for every event.
+    events: text().array().notNull(),
+    description: text().notNull().default(''),
+    enabled: boolean().notNull().default(true),
+    // Why the server disabled it (the receiver answered 410, or kept failing); null when enabled by hand.
+    disabledReason: text(),
+    secretSealed: text().notNull(),
+    previousSecretSealed: text(),
+    previousSecretExpiresAt: timestamp({ withTimezone: true }),
+    createdBy: text().notNull(),
+    createdAt: timestamp({ withTimezone: true }).notNull().defaultNow(),
+    updatedAt: timestamp({ withTimezone: true }).notNull().defaultNow(),
+  },
+  (table) => [index('webhook_endpoints_org_created_idx').on(table.orgId, table.createdAt, table.id)],
 )

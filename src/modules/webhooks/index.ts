@@ -1,8 +1,12 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Config } from '../../config.js'
-import { createWebhooksRepository } from './webhooks-repository.js'
+import { createTargetGuard } from '../../lib/ssrf-guard.js'
+import { createEndpointsRepository } from './endpoints-repository.js'
+import { endpointsRoutes } from './endpoints-routes.js'
+import { createEndpointsService } from './endpoints-service.js'
 import { webhooksAdminRoutes } from './webhooks-admin-routes.js'
+import { createWebhooksRepository } from './webhooks-repository.js'
 import { webhooksReceiveRoutes } from './webhooks-routes.js'
 import { createWebhooksService, PROCESS_QUEUE, type WebhookHandlers } from './webhooks-service.js'
 
@@ -15,7 +19,8 @@ declare module 'fastify' {
 
 /**
  * Inbound webhooks: verified, stored and queued before they are acknowledged, processed by the
- * handlers other modules register. Wrapped with fastify-plugin so that `webhookHandlers` is
+ * handlers other modules register. Outbound: the endpoints orgs register to receive events.
+ * Wrapped with fastify-plugin so that `webhookHandlers` is
  * visible to the modules registered after it; its routes stay in their own context.
  */
 async function webhooksModule(app: FastifyInstance, { config }: { config: Config }) {
@@ -37,10 +42,20 @@ async function webhooksModule(app: FastifyInstance, { config }: { config: Config
   await app.register(webhooksReceiveRoutes(service, config), { prefix: '/api/v1' })
   await app.register(
     webhooksAdminRoutes(service, (userId) => app.authService.isPlatformAdmin(userId)),
-    {
-      prefix: '/api/v1',
-    },
+    { prefix: '/api/v1' },
   )
+
+  // Outbound: every call to a customer's URL goes through the SSRF guard.
+  const guard = createTargetGuard({ allowPrivate: config.WEBHOOK_ALLOW_PRIVATE_TARGETS })
+  app.addHook('onClose', () => guard.close())
+  const endpoints = createEndpointsService({
+    db: app.db,
+    repository: createEndpointsRepository(app.db),
+    cryptoBox: app.cryptoBox,
+    guard,
+    orgs: app.orgsService,
+  })
+  await app.register(endpointsRoutes(endpoints), { prefix: '/api/v1' })
 }
 
-export default fp(webhooksModule, { name: 'webhooks', fastify: '5.x', dependencies: ['jobs', 'auth'] })
+export default fp(webhooksModule, { name: 'webhooks', fastify: '5.x', dependencies: ['jobs', 'auth', 'crypto'] })
