@@ -32,6 +32,7 @@ import errorsPlugin from './plugins/errors.js'
 import idempotencyPlugin from './plugins/idempotency.js'
 import jobsPlugin from './plugins/jobs.js'
 import observabilityPlugin from './plugins/observability.js'
+import { eventWebhooksDocument } from './modules/events/catalogue.js'
 import openapiPlugin from './plugins/openapi.js'
 import outboxPlugin from './plugins/outbox.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
@@ -170,7 +171,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
 
   await app.register(errorsPlugin)
   await app.register(observabilityPlugin)
-  await app.register(openapiPlugin, { config })
+  await app.register(openapiPlugin, { config, webhooks: eventWebhooksDocument() })
   await app.register(securityPlugin, { config })
   await app.register(redisPlugin, { config, ...(overrides.redis !== undefined ? { redis: overrides.redis } : {}) })
   await app.register(rateLimitPlugin, { config })

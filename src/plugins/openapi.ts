@@ -1,4 +1,4 @@
-import swagger from '@fastify/swagger'
+import swagger, { type FastifyDynamicSwaggerOptions } from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import type { FastifyInstance, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
@@ -32,7 +32,13 @@ export function routeContractViolations(route: Pick<RouteOptions, 'method' | 'ur
   return violations
 }
 
-async function openapiPlugin(app: FastifyInstance, { config }: { config: Config }) {
+/** OpenAPI 3.1 path items keyed by event name; the catalogue builds them as plain objects. */
+type OpenApiWebhooks = NonNullable<Extract<FastifyDynamicSwaggerOptions['openapi'], { webhooks?: unknown }>['webhooks']>
+
+async function openapiPlugin(
+  app: FastifyInstance,
+  { config, webhooks = {} }: { config: Config; webhooks?: Record<string, object> },
+) {
   app.addHook('onRoute', (route) => {
     const violations = routeContractViolations(route)
     if (violations.length > 0) {
@@ -56,8 +62,15 @@ async function openapiPlugin(app: FastifyInstance, { config }: { config: Config 
         { name: 'api-keys', description: 'Scoped API keys for servers and scripts' },
         { name: 'orgs', description: 'Organizations, members, roles and the audit log' },
         { name: 'projects', description: 'Org-owned JSON documents with ETags, merge patches and idempotent writes' },
-        { name: 'webhooks', description: 'Inbound provider events: verified, stored, then processed exactly once' },
+        {
+          name: 'webhooks',
+          description:
+            'Inbound provider events (verified, stored, then processed exactly once) and outbound endpoints; ' +
+            'the events delivered to endpoints are listed under webhooks',
+        },
       ],
+      // Outbound events, as receivers see them; the catalogue lives with the modules that emit them.
+      webhooks: webhooks as OpenApiWebhooks,
       components: {
         securitySchemes: {
           bearer: {
