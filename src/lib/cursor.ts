@@ -54,6 +54,15 @@ export function cursorParam(value: string | undefined, scope?: string): Cursor |
   return cursor
 }
 
+/** `cursorParam` for a listing keyed by a timestamp: an edited key is a 400, not a failed query. */
+export function timestampCursorParam(value: string | undefined, scope?: string): Cursor | null {
+  const cursor = cursorParam(value, scope)
+  if (cursor && !isTimestampText(cursor.k)) {
+    throw problems.badRequest('INVALID_CURSOR', 'The cursor is malformed or was not issued by this server.')
+  }
+  return cursor
+}
+
 /**
  * A page from rows fetched with `limit + 1`: the extra row only says that another page exists, and
  * the last row shown becomes the cursor of the next one.

@@ -99,8 +99,9 @@ function transactionDb(tx: Executor): PgBoss.Db {
  */
 async function jobsPlugin(app: FastifyInstance, { config }: { config: Config }) {
   const working = config.WORKERS
+  const queueDb = bossDb(app.database)
   const boss = new PgBoss({
-    db: bossDb(app.database),
+    db: queueDb,
     schema: SCHEMA,
     // Maintenance (expiring, archiving, retention) runs where jobs run.
     supervise: working,
@@ -191,7 +192,7 @@ async function jobsPlugin(app: FastifyInstance, { config }: { config: Config }) 
 
     async clearDead(name, field, value, options = {}) {
       if (!defined.has(name)) throw new Error(`unknown queue: ${name}`)
-      const db = options.tx ? transactionDb(options.tx) : bossDb(app.database)
+      const db = options.tx ? transactionDb(options.tx) : queueDb
       const { rows } = await db.executeSql(
         `DELETE FROM ${SCHEMA}.job WHERE name = $1 AND data ->> $2 = $3 RETURNING id`,
         [deadLetterQueue(name), field, value],

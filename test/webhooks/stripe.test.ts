@@ -4,22 +4,14 @@ import { sql } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import Stripe from 'stripe'
 import t from 'tap'
-import { webhookEvents } from '../../src/db/schema/index.js'
 import type { InboundEvent } from '../../src/modules/webhooks/webhooks-service.js'
-import { buildTestApp, eventually as eventuallyWithin } from '../helper.js'
+import { buildTestApp } from '../helper.js'
 import { assertProblem } from '../auth/support.js'
+import { eventually, FAST as QUICK, storedEvents } from './support.js'
 
 const SECRET = 'whsec_test_current_secret'
 const PREVIOUS = 'whsec_test_previous_secret'
-const FAST = {
-  STRIPE_WEBHOOK_SECRET: SECRET,
-  JOBS_POLL_INTERVAL_MS: '500',
-  INBOUND_WEBHOOK_RETRY_DELAY_SECONDS: '1',
-  INBOUND_WEBHOOK_RETRY_LIMIT: '2',
-}
-
-/** Background work this test waits for finishes within 20000 ms. */
-const eventually = (check: () => boolean | Promise<boolean>, ms = 20000) => eventuallyWithin(check, ms)
+const FAST = { ...QUICK, STRIPE_WEBHOOK_SECRET: SECRET }
 
 /** A Stripe event body as Stripe sends it. */
 function stripeEvent(type = 'customer.created', id = `evt_${randomUUID().replaceAll('-', '')}`) {
@@ -53,8 +45,6 @@ function deliver(app: FastifyInstance, payload: string, signature?: string) {
     payload,
   })
 }
-
-const storedEvents = (app: FastifyInstance) => app.db.select().from(webhookEvents)
 
 /** Registers a handler for `type` that records each call and fails while `fails` says so. */
 function handlerFor(type: string, fails: (call: number) => boolean = () => false) {

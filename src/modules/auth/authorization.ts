@@ -64,6 +64,18 @@ export function requireScope(auth: AuthContext, scope: Scope): void {
 }
 
 /**
+ * The org a request acts on when it may name one: the one named, else the caller's personal org
+ * (for an API key, its own org). Whether the caller may act there is checked separately.
+ */
+export function orgOrDefault(auth: AuthContext, orgId: string | undefined): string {
+  if (orgId) return orgId
+  if (auth.apiKey) return auth.apiKey.orgId
+  const personal = auth.orgs.find((org) => org.personal)
+  if (!personal) throw problems.notFound('Organization not found.', 'ORG_NOT_FOUND')
+  return personal.orgId
+}
+
+/**
  * The caller's role in an org, at least `minimum`. Not being a member answers 404, exactly like an
  * org that does not exist, so nobody can probe which org ids exist; being a member with too small
  * a role answers 403.

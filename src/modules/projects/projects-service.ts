@@ -1,12 +1,12 @@
 import { createHash } from 'node:crypto'
 import type { Database, Executor } from '../../db/client.js'
-import { cursorParam, isTimestampText, toPage } from '../../lib/cursor.js'
+import { cursorParam, timestampCursorParam, toPage } from '../../lib/cursor.js'
 import { etagOf, ifMatchSatisfied } from '../../lib/etag.js'
 import { newId } from '../../lib/ids.js'
 import { canonicalJson } from '../../lib/json.js'
 import { mergePatch } from '../../lib/merge-patch.js'
 import { HttpProblem, problems } from '../../lib/problem.js'
-import { type AuthContext, requireOrgRole, requireScope } from '../auth/authorization.js'
+import { type AuthContext, orgOrDefault, requireOrgRole, requireScope } from '../auth/authorization.js'
 import type { Outbox } from '../events/events-service.js'
 import type { OrgsService } from '../orgs/orgs-service.js'
 import type { ProjectRow, ProjectSort, ProjectsRepository } from './projects-repository.js'
@@ -58,15 +58,6 @@ export function createProjectsService(deps: {
   /** The orgs whose projects the caller may see: every membership (for an API key, its org). */
   const visibleOrgs = (auth: AuthContext) => [...auth.roles.keys()]
 
-  /** The org a new project goes to: the one named, else the personal org (an API key's org). */
-  function targetOrg(auth: AuthContext, orgId: string | undefined): string {
-    if (orgId) return orgId
-    if (auth.apiKey) return auth.apiKey.orgId
-    const personal = auth.orgs.find((org) => org.personal)
-    if (!personal) throw problems.notFound('Organization not found.', 'ORG_NOT_FOUND')
-    return personal.orgId
-  }
-
   async function record(type: string, project: ProjectRow, auth: AuthContext, ip: string, tx: Executor) {
     await outbox.record({ type, orgId: project.orgId, subject: { type: 'project', id: project.id }, data: project }, tx)
     await orgs.audit(
@@ -109,11 +100,16 @@ export function createProjectsService(deps: {
 
   return {
     create: (auth: AuthContext, input: CreateProjectInput, ip: string) =>
-      insert(auth, targetOrg(auth, input.orgId), input, ip),
+      insert(auth, orgOrDefault(auth, input.orgId), input, ip),
 
     /** An export re-created as a new project; what the export says about its old identity is ignored. */
     import: (auth: AuthContext, orgId: string | undefined, input: CreateProjectInput, ip: string) =>
-      insert(auth, targetOrg(auth, orgId), { name: input.name, description: input.description, data: input.data }, ip),
+      insert(
+        auth,
+        orgOrDefault(auth, orgId),
+        { name: input.name, description: input.description, data: input.data },
+        ip,
+      ),
 
     async get(auth: AuthContext, id: string) {
       requireScope(auth, 'projects:read')
@@ -134,10 +130,7 @@ export function createProjectsService(deps: {
         .update(JSON.stringify([orgIds, input.q ?? null, sort, order]))
         .digest('base64url')
         .slice(0, 16)
-      const after = cursorParam(input.cursor, scope)
-      if (after && sort === 'updatedAt' && !isTimestampText(after.k)) {
-        throw problems.badRequest('INVALID_CURSOR', 'The cursor is malformed or was not issued by this server.')
-      }
+      const after = sort === 'updatedAt' ? timestampCursorParam(input.cursor, scope) : cursorParam(input.cursor, scope)
       const rows = await repository.list({
         orgIds,
         ...(input.q ? { q: input.q } : {}),

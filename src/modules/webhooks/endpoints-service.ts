@@ -1,11 +1,11 @@
 import { randomBytes } from 'node:crypto'
 import type { Database } from '../../db/client.js'
 import type { CryptoBox } from '../../lib/crypto-box.js'
-import { cursorParam, isTimestampText, toPage } from '../../lib/cursor.js'
+import { timestampCursorParam, toPage } from '../../lib/cursor.js'
 import { newId } from '../../lib/ids.js'
 import { HttpProblem, problems } from '../../lib/problem.js'
 import { TargetRefusedError, type TargetGuard } from '../../lib/ssrf-guard.js'
-import { type AuthContext, requireOrgRole, requireScope } from '../auth/authorization.js'
+import { type AuthContext, orgOrDefault, requireOrgRole, requireScope } from '../auth/authorization.js'
 import { ALL_EVENTS } from '../events/catalogue.js'
 import type { OrgsModuleService } from '../orgs/orgs-service.js'
 import type { EndpointRow, EndpointsRepository } from './endpoints-repository.js'
@@ -55,14 +55,6 @@ export function createEndpointsService(deps: {
   const { db, repository, cryptoBox, guard, orgs } = deps
   // Binds a sealed secret to its endpoint: copied to another row it does not open.
   const aad = (endpointId: string) => `webhook-endpoint:${endpointId}`
-
-  function targetOrg(auth: AuthContext, orgId: string | undefined): string {
-    if (orgId) return orgId
-    if (auth.apiKey) return auth.apiKey.orgId
-    const personal = auth.orgs.find((org) => org.personal)
-    if (!personal) throw problems.notFound('Organization not found.', 'ORG_NOT_FOUND')
-    return personal.orgId
-  }
 
   /** Refuses URLs that could reach our own network (SSRF); the same check runs again at connect time. */
   async function checkUrl(url: string): Promise<string> {
@@ -132,7 +124,7 @@ export function createEndpointsService(deps: {
   return {
     async create(auth: AuthContext, input: EndpointInput & { orgId?: string | undefined }, ip: string) {
       requireScope(auth, 'webhooks:write')
-      const orgId = targetOrg(auth, input.orgId)
+      const orgId = orgOrDefault(auth, input.orgId)
       requireOrgRole(auth, orgId, 'admin')
       const url = await checkUrl(input.url)
       const events = checkEvents(input.events)
@@ -160,13 +152,10 @@ export function createEndpointsService(deps: {
 
     async list(auth: AuthContext, query: { orgId?: string | undefined; limit?: number; cursor?: string | undefined }) {
       requireScope(auth, 'webhooks:read')
-      const orgId = targetOrg(auth, query.orgId)
+      const orgId = orgOrDefault(auth, query.orgId)
       requireOrgRole(auth, orgId, 'admin')
       const limit = query.limit ?? 20
-      const after = cursorParam(query.cursor, orgId)
-      if (after && !isTimestampText(after.k)) {
-        throw problems.badRequest('INVALID_CURSOR', 'The cursor is malformed or was not issued by this server.')
-      }
+      const after = timestampCursorParam(query.cursor, orgId)
       const rows = await repository.list(orgId, limit + 1, after)
       const { data, nextCursor } = toPage(rows, limit, (row) => ({ k: row.sortKey, id: row.endpoint.id, scope: orgId }))
       const now = new Date()

@@ -1,6 +1,6 @@
 import { Counter, type Registry } from 'prom-client'
 import type { Database, Executor } from '../../db/client.js'
-import { cursorParam, isTimestampText, toPage } from '../../lib/cursor.js'
+import { timestampCursorParam, toPage } from '../../lib/cursor.js'
 import { newId } from '../../lib/ids.js'
 import { problems } from '../../lib/problem.js'
 import { createGroupCommit } from '../../lib/group-commit.js'
@@ -163,10 +163,7 @@ export function createWebhooksService(deps: {
       cursor: string | undefined,
     ) {
       const scope = `${filter.provider ?? ''}|${filter.status ?? ''}`
-      const before = cursorParam(cursor, scope)
-      if (before && !isTimestampText(before.k)) {
-        throw problems.badRequest('INVALID_CURSOR', 'The cursor is malformed or was not issued by this server.')
-      }
+      const before = timestampCursorParam(cursor, scope)
       const rows = await repository.list(filter, limit + 1, before)
       const { data, nextCursor } = toPage(rows, limit, (row) => ({ k: row.sortKey, id: row.id, scope }))
       return { data: data.map(({ sortKey: _sortKey, ...event }) => event), nextCursor }
