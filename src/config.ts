@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { parseEnv } from 'node:util'
 import { type Static, Type } from 'typebox'
 import { Value } from 'typebox/value'
+import { DURATION_LIST_PATTERN, DURATION_PATTERN, durationMs } from './lib/duration.js'
 
 /**
  * The one schema of the environment. Keys are the variable names themselves so that an error
@@ -66,6 +67,28 @@ export const ConfigSchema = Type.Object({
     Type.String({ pattern: '^[A-Za-z0-9+/]{43}=$', description: '32 random bytes, base64 (openssl rand -base64 32)' }),
   ),
   WEBHOOK_ALLOW_PRIVATE_TARGETS: Type.Boolean({ default: false }),
+  WEBHOOK_RETRY_SCHEDULE: Type.String({
+    pattern: DURATION_LIST_PATTERN,
+    default: '0s,5s,5m,30m,2h,5h,10h,10h',
+    description:
+      'When each attempt of an outbound webhook delivery is made, counted from the failure before it (jitter added); the last entry is the last attempt',
+  }),
+  WEBHOOK_DELIVERY_TIMEOUT: Type.String({
+    pattern: DURATION_PATTERN,
+    default: '15s',
+    description: 'How long one outbound webhook attempt may take, connecting and reading the answer included',
+  }),
+  WEBHOOK_DISABLE_AFTER_FAILING: Type.String({
+    pattern: DURATION_PATTERN,
+    default: '5d',
+    description: 'An endpoint whose every delivery has failed for this long is disabled',
+  }),
+  WEBHOOK_DELIVERY_CONCURRENCY: Type.Integer({
+    minimum: 1,
+    maximum: 64,
+    default: 8,
+    description: 'Endpoints a worker process delivers to at the same time (each endpoint gets its events in order)',
+  }),
   WORKERS: Type.Boolean({ default: true, description: 'Run queued jobs inside this process' }),
   INBOUND_WEBHOOK_RETRY_LIMIT: Type.Integer({
     minimum: 0,
@@ -131,6 +154,9 @@ function describe(schema: Record<string, unknown>): string {
       return 'must be true or false'
     default:
       if (schema.format === 'uri') return 'must be an absolute URL'
+      if (schema.pattern === DURATION_PATTERN) return 'must be a duration such as 500ms, 15s, 5m, 2h or 5d'
+      if (schema.pattern === DURATION_LIST_PATTERN)
+        return 'must be a comma-separated list of durations such as 0s,5s,5m,2h'
       if (typeof schema.pattern === 'string') return `must match ${schema.pattern}`
       return 'must be a non-empty string'
   }
@@ -190,6 +216,14 @@ export function loadConfig(options: { env?: NodeJS.ProcessEnv; envFile?: string 
   }
   if (config.NODE_ENV === 'production' && config.WEBHOOK_ALLOW_PRIVATE_TARGETS) {
     throw new ConfigError('WEBHOOK_ALLOW_PRIVATE_TARGETS', 'must not be true in production')
+  }
+
+  const deliveryTimeoutMs = durationMs(config.WEBHOOK_DELIVERY_TIMEOUT)
+  if (deliveryTimeoutMs < 100 || deliveryTimeoutMs > 300_000) {
+    throw new ConfigError('WEBHOOK_DELIVERY_TIMEOUT', 'must be between 100ms and 5m')
+  }
+  if (durationMs(config.WEBHOOK_DISABLE_AFTER_FAILING) <= 0) {
+    throw new ConfigError('WEBHOOK_DISABLE_AFTER_FAILING', 'must be longer than 0')
   }
 
   const port = config.PORT === 0 ? 3000 : config.PORT

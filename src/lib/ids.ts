@@ -1,6 +1,7 @@
 import { uuidv7 } from 'uuidv7'
 
-export type IdPrefix = 'usr' | 'org' | 'prj' | 'key' | 'cnv' | 'msg' | 'doc' | 'whe' | 'evt' | 'rtk' | 'aud' | 'wev'
+export type IdPrefix =
+  'usr' | 'org' | 'prj' | 'key' | 'cnv' | 'msg' | 'doc' | 'whe' | 'evt' | 'rtk' | 'aud' | 'wev' | 'whd' | 'wha'
 
 /**
  * Opaque, prefixed ids: the prefix says what an id names (a support ticket with `prj_...` needs no

@@ -30,6 +30,8 @@ export interface JobDefinition<Data> {
   retryDelaySeconds?: number
   /** A run taking longer than this counts as failed and is retried (default 5 min). */
   expireInSeconds?: number
+  /** Jobs of this queue one process runs at the same time (default 1). */
+  concurrency?: number
 }
 
 export interface SendOptions {
@@ -52,6 +54,8 @@ export interface Jobs {
   /** Enqueues several jobs in one statement (inside `tx` when given). */
   sendMany<Data extends object>(name: string, data: Data[], options?: Pick<SendOptions, 'tx'>): Promise<void>
   counts(): Promise<QueueCounts>
+  /** Makes this process's idle workers of `name` look for jobs now rather than at their next poll. */
+  poke(name: string): void
   /**
    * Removes the dead-lettered jobs of `name` whose data has `field` equal to `value`, once the
    * caller has dealt with them (replayed their work), so readiness stops reporting them.
@@ -116,6 +120,7 @@ async function jobsPlugin(app: FastifyInstance, { config }: { config: Config }) 
   const defined = new Set<string>()
   let ready = false
   const pendingWorkers: (() => Promise<void>)[] = []
+  const workerIds = new Map<string, string[]>()
   app.addHook('onReady', async () => {
     ready = true
     for (const start of pendingWorkers.splice(0)) await start()
@@ -140,6 +145,7 @@ async function jobsPlugin(app: FastifyInstance, { config }: { config: Config }) 
         }
       },
     )
+    workerIds.set(definition.name, [...(workerIds.get(definition.name) ?? []), worker.id])
   }
 
   const jobs: Jobs = {
@@ -164,7 +170,9 @@ async function jobsPlugin(app: FastifyInstance, { config }: { config: Config }) 
       await boss.createQueue(definition.name, policy)
       await boss.updateQueue(definition.name, policy)
       if (!working) return
-      const start = () => startWorker(definition)
+      const start = async () => {
+        for (let i = 0; i < (definition.concurrency ?? 1); i++) await startWorker(definition)
+      }
       // Jobs must not run before every module has registered what they need (webhook handlers
       // are added after the queue is defined): workers start once the app is ready.
       if (ready) await start()
@@ -198,6 +206,10 @@ async function jobsPlugin(app: FastifyInstance, { config }: { config: Config }) 
         [deadLetterQueue(name), field, value],
       )
       return rows.length
+    },
+
+    poke(name) {
+      for (const id of workerIds.get(name) ?? []) boss.notifyWorker(id)
     },
 
     async counts() {

@@ -1,4 +1,16 @@
-import { boolean, index, integer, jsonb, pgEnum, pgTable, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core'
+import { sql } from 'drizzle-orm'
+import {
+  bigint,
+  boolean,
+  index,
+  integer,
+  jsonb,
+  pgEnum,
+  pgTable,
+  text,
+  timestamp,
+  uniqueIndex,
+} from 'drizzle-orm/pg-core'
 import { orgs } from './auth.js'
 
 export const webhookEventStatus = pgEnum('webhook_event_status', [
@@ -59,9 +71,94 @@ export const webhookEndpoints = pgTable(
     secretSealed: text().notNull(),
     previousSecretSealed: text(),
     previousSecretExpiresAt: timestamp({ withTimezone: true }),
+    // Since when every attempt has failed (null after a success): an endpoint failing for too long is disabled.
+    failingSince: timestamp({ withTimezone: true }),
+    // Who delivers to this endpoint now: one worker at a time, so events arrive in order.
+    deliveryLeaseToken: text(),
+    deliveryLeaseUntil: timestamp({ withTimezone: true }),
     createdBy: text().notNull(),
     createdAt: timestamp({ withTimezone: true }).notNull().defaultNow(),
     updatedAt: timestamp({ withTimezone: true }).notNull().defaultNow(),
   },
   (table) => [index('webhook_endpoints_org_created_idx').on(table.orgId, table.createdAt, table.id)],
+)
+
+/**
+ * One event as it is sent to endpoints: the body is stored as the exact text that is signed, so
+ * every attempt, retry and manual resend carries the same bytes. Its id is the event's id, sent as
+ * `webhook-id`.
+ */
+export const webhookMessages = pgTable(
+  'webhook_messages',
+  {
+    id: text().primaryKey(),
+    orgId: text()
+      .notNull()
+      .references(() => orgs.id, { onDelete: 'cascade' }),
+    eventType: text().notNull(),
+    body: text().notNull(),
+    createdAt: timestamp({ withTimezone: true }).notNull().defaultNow(),
+  },
+  (table) => [index('webhook_messages_created_idx').on(table.createdAt)],
+)
+
+export const webhookDeliveryStatus = pgEnum('webhook_delivery_status', ['pending', 'succeeded', 'failed'])
+
+/**
+ * One message for one endpoint. `seq` is the order deliveries were created in, which is the order
+ * their events were committed: an endpoint receives its due deliveries in that order.
+ */
+export const webhookDeliveries = pgTable(
+  'webhook_deliveries',
+  {
+    id: text().primaryKey(),
+    seq: bigint({ mode: 'number' }).notNull().generatedAlwaysAsIdentity(),
+    messageId: text()
+      .notNull()
+      .references(() => webhookMessages.id, { onDelete: 'cascade' }),
+    endpointId: text()
+      .notNull()
+      .references(() => webhookEndpoints.id, { onDelete: 'cascade' }),
+    status: webhookDeliveryStatus().notNull().default('pending'),
+    attempts: integer().notNull().default(0),
+    // Position in the retry schedule; a retry by hand starts the schedule over.
+    scheduleStep: integer().notNull().default(0),
+    nextAttemptAt: timestamp({ withTimezone: true }),
+    createdAt: timestamp({ withTimezone: true }).notNull().defaultNow(),
+    updatedAt: timestamp({ withTimezone: true }).notNull().defaultNow(),
+  },
+  (table) => [
+    uniqueIndex('webhook_deliveries_endpoint_message_key').on(table.endpointId, table.messageId),
+    index('webhook_deliveries_due_idx')
+      .on(table.endpointId, table.nextAttemptAt, table.seq)
+      .where(sql`${table.status} = 'pending'`),
+    index('webhook_deliveries_message_idx').on(table.messageId),
+  ],
+)
+
+/** The delivery log: one row per HTTP attempt, as the endpoint's owners see it. */
+export const webhookDeliveryAttempts = pgTable(
+  'webhook_delivery_attempts',
+  {
+    id: text().primaryKey(),
+    deliveryId: text()
+      .notNull()
+      .references(() => webhookDeliveries.id, { onDelete: 'cascade' }),
+    endpointId: text()
+      .notNull()
+      .references(() => webhookEndpoints.id, { onDelete: 'cascade' }),
+    attempt: integer().notNull(),
+    attemptedAt: timestamp({ withTimezone: true }).notNull(),
+    succeeded: boolean().notNull(),
+    // Null when no response arrived (timeout, refused connection, refused target).
+    statusCode: integer(),
+    latencyMs: integer().notNull(),
+    responseBody: text(),
+    error: text(),
+    nextRetryAt: timestamp({ withTimezone: true }),
+  },
+  (table) => [
+    index('webhook_delivery_attempts_endpoint_idx').on(table.endpointId, table.attemptedAt, table.id),
+    index('webhook_delivery_attempts_delivery_idx').on(table.deliveryId),
+  ],
 )

@@ -2,7 +2,15 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { ProblemResponse } from '../../lib/problem.js'
 import { requireAuth } from '../auth/authorization.js'
-import { CreateEndpointBody, EndpointParams, ListEndpointsQuery, UpdateEndpointBody } from './endpoints-schemas.js'
+import type { DeliveriesService } from './deliveries-service.js'
+import {
+  CreateEndpointBody,
+  DeliveryParams,
+  EndpointParams,
+  ListDeliveriesQuery,
+  ListEndpointsQuery,
+  UpdateEndpointBody,
+} from './endpoints-schemas.js'
 import type { EndpointsService } from './endpoints-service.js'
 
 const ref = (id: string) => Type.Unsafe(Type.Ref(id))
@@ -17,7 +25,7 @@ const errors = {
 const writeErrors = { ...errors, 413: ProblemResponse, 415: ProblemResponse }
 
 /** Outbound webhook endpoints: where an org's systems receive its events. Org admins only. */
-export function endpointsRoutes(endpoints: EndpointsService): FastifyPluginAsyncTypebox {
+export function endpointsRoutes(endpoints: EndpointsService, deliveries: DeliveriesService): FastifyPluginAsyncTypebox {
   return async (app) => {
     app.post(
       '/webhook-endpoints',
@@ -122,6 +130,62 @@ export function endpointsRoutes(endpoints: EndpointsService): FastifyPluginAsync
         },
       },
       async (request) => endpoints.rotateSecret(requireAuth(request), request.params.id, request.ip),
+    )
+
+    app.get(
+      '/webhook-endpoints/:id/deliveries',
+      {
+        schema: {
+          operationId: 'listWebhookDeliveries',
+          tags: ['webhooks'],
+          summary: "The endpoint's delivery log: every attempt, newest first",
+          description:
+            'Each attempt with its event, attempt number, time, status code, latency, the first 1 KB of the ' +
+            'response and when the next attempt is due. Admins; API keys: webhooks:read.',
+          security,
+          params: EndpointParams,
+          querystring: ListDeliveriesQuery,
+          response: { 200: ref('WebhookDeliveryAttemptList'), ...errors },
+        },
+      },
+      async (request) => deliveries.log(requireAuth(request), request.params.id, request.query),
+    )
+
+    app.post(
+      '/webhook-endpoints/:id/test',
+      {
+        schema: {
+          operationId: 'testWebhookEndpoint',
+          tags: ['webhooks'],
+          summary: 'Send a webhook.test event to this endpoint (only), signed and retried like any other',
+          security,
+          params: EndpointParams,
+          response: { 202: ref('WebhookDeliveryQueued'), ...errors, 409: ProblemResponse },
+        },
+      },
+      async (request, reply) => {
+        const queued = await deliveries.test(requireAuth(request), request.params.id)
+        return reply.code(202).send({ ...queued, status: 'pending' as const })
+      },
+    )
+
+    app.post(
+      '/webhook-endpoints/:id/deliveries/:deliveryId/retry',
+      {
+        schema: {
+          operationId: 'retryWebhookDelivery',
+          tags: ['webhooks'],
+          summary: 'Send a failed delivery again now; if it fails, the retry schedule starts over',
+          description: 'The event keeps its id (webhook-id), so a receiver that did get it can recognise it.',
+          security,
+          params: DeliveryParams,
+          response: { 202: ref('WebhookDeliveryQueued'), ...errors, 409: ProblemResponse },
+        },
+      },
+      async (request, reply) => {
+        const queued = await deliveries.retry(requireAuth(request), request.params.id, request.params.deliveryId)
+        return reply.code(202).send(queued)
+      },
     )
   }
 }

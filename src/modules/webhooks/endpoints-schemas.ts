@@ -56,7 +56,56 @@ export const WebhookEndpointListSchema = Type.Object(
   },
   { $id: 'WebhookEndpointList', title: 'WebhookEndpointList' },
 )
-export const endpointSchemas = [WebhookEndpointSchema, WebhookEndpointWithSecretSchema, WebhookEndpointListSchema]
+
+export const WebhookDeliveryAttemptSchema = Type.Object(
+  {
+    id: Type.String({ pattern: '^wha_' }),
+    deliveryId: Type.String({
+      pattern: '^whd_',
+      description: 'The delivery of one event to this endpoint; retry it by this id',
+    }),
+    eventId: Type.String({ description: 'Also the webhook-id header, the same on every attempt' }),
+    eventType: Type.String(),
+    attempt: Type.Integer({ minimum: 1, description: 'Attempt number of this delivery, counting retries by hand' }),
+    attemptedAt: Timestamp,
+    succeeded: Type.Boolean(),
+    statusCode: Type.Union([Type.Integer(), Type.Null()], { description: 'Null when no response arrived' }),
+    latencyMs: Type.Integer({ minimum: 0 }),
+    responseBody: Type.Union([Type.String(), Type.Null()], { description: 'The first 1 KB of the response body' }),
+    error: Type.Union([Type.String(), Type.Null()], {
+      description: 'Why it failed without a useful status: timed out, connection refused, redirect not followed, ...',
+    }),
+    nextRetryAt: Type.Union([Timestamp, Type.Null()], { description: 'When the next attempt was scheduled' }),
+    deliveryStatus: Type.Union([Type.Literal('pending'), Type.Literal('succeeded'), Type.Literal('failed')], {
+      description: 'Where the delivery stands now: failed means its retries ran out (or the receiver said 410)',
+    }),
+  },
+  { $id: 'WebhookDeliveryAttempt', title: 'WebhookDeliveryAttempt' },
+)
+export const WebhookDeliveryAttemptListSchema = Type.Object(
+  {
+    data: Type.Array(Type.Unsafe(Type.Ref('WebhookDeliveryAttempt'))),
+    nextCursor: Type.Union([Type.String(), Type.Null()]),
+  },
+  { $id: 'WebhookDeliveryAttemptList', title: 'WebhookDeliveryAttemptList' },
+)
+export const WebhookDeliveryQueuedSchema = Type.Object(
+  {
+    deliveryId: Type.String({ pattern: '^whd_' }),
+    eventId: Type.String(),
+    status: Type.Literal('pending'),
+  },
+  { $id: 'WebhookDeliveryQueued', title: 'WebhookDeliveryQueued', description: 'A delivery queued for sending now' },
+)
+
+export const endpointSchemas = [
+  WebhookEndpointSchema,
+  WebhookEndpointWithSecretSchema,
+  WebhookEndpointListSchema,
+  WebhookDeliveryAttemptSchema,
+  WebhookDeliveryAttemptListSchema,
+  WebhookDeliveryQueuedSchema,
+]
 
 export const CreateEndpointBody = Type.Object(
   {
@@ -86,5 +135,10 @@ export const ListEndpointsQuery = Type.Object(
 )
 export const EndpointParams = Type.Object(
   { id: Type.String({ minLength: 1, maxLength: 100 }) },
+  { additionalProperties: false },
+)
+export const ListDeliveriesQuery = Type.Object({ ...Pagination }, { additionalProperties: false })
+export const DeliveryParams = Type.Object(
+  { id: Type.String({ minLength: 1, maxLength: 100 }), deliveryId: Type.String({ minLength: 1, maxLength: 100 }) },
   { additionalProperties: false },
 )

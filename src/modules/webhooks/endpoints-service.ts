@@ -51,6 +51,8 @@ export function createEndpointsService(deps: {
   cryptoBox: CryptoBox
   guard: TargetGuard
   orgs: Pick<OrgsModuleService, 'audit'>
+  /** Called after an endpoint was enabled by hand, so what waited for it is delivered now. */
+  onEnabled?: (endpointId: string) => Promise<void>
 }) {
   const { db, repository, cryptoBox, guard, orgs } = deps
   // Binds a sealed secret to its endpoint: copied to another row it does not open.
@@ -122,6 +124,8 @@ export function createEndpointsService(deps: {
   }
 
   return {
+    manageable,
+
     async create(auth: AuthContext, input: EndpointInput & { orgId?: string | undefined }, ip: string) {
       requireScope(auth, 'webhooks:write')
       const orgId = orgOrDefault(auth, input.orgId)
@@ -188,6 +192,7 @@ export function createEndpointsService(deps: {
         await audit('webhook_endpoint.updated', row, auth, ip, tx)
         return row
       })
+      if (patch.enabled === true) await deps.onEnabled?.(id)
       return presentEndpoint(updated)
     },
 
