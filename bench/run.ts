@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import Stripe from 'stripe'
 import { type Endpoint, formatTable, measure, pinLoadGenerator, type Scenario, startServer, warnIfBusy } from './lib.js'
 import { PROJECT_COUNT, type PostgresFixture, postgresFixture, signUp, UNLIMITED } from './postgres-fixture.js'
+import { webhookBenchmarks } from './webhooks.js'
 
 /**
  * Throughput of the app relative to a reference, as a report: every scenario prints a ratio and
@@ -79,7 +80,7 @@ function postgresScenarios(fixture: PostgresFixture): Scenario[] {
     },
   ]
 }
-const POSTGRES_SCENARIOS = ['project-get', 'project-list', 'stripe-ingest']
+const POSTGRES_SCENARIOS = ['project-get', 'project-list', 'stripe-ingest', 'webhooks']
 
 const STRIPE_SECRET = 'whsec_benchmark'
 
@@ -183,13 +184,22 @@ async function main() {
       `warmup ${WARMUP_SECONDS} s, measure ${seconds} s, ${CONNECTIONS} connections, pipelining ${PIPELINING}, ` +
         `${ROUNDS} rounds, best run of each side counts\n`,
     )
-    await runScenarios(scenarios, seconds)
+    const verdicts = await runScenarios(scenarios, seconds)
+    // Outbound webhooks change the fixture (endpoints, deliveries), so they run last.
+    if (fixture && wanted('webhooks')) {
+      console.log()
+      verdicts.push(...(await webhookBenchmarks(fixture, seconds)))
+    }
+    console.log()
+    for (const verdict of verdicts) console.log(verdict)
   } finally {
     await fixture?.close()
   }
 }
 
-async function runScenarios(scenarios: Scenario[], seconds: number) {
+/** Runs the request scenarios, prints their table and returns their verdict lines. */
+async function runScenarios(scenarios: Scenario[], seconds: number): Promise<string[]> {
+  if (scenarios.length === 0) return []
   const runs: Run[] = []
   const verdicts: string[] = []
   for (const scenario of scenarios) {
@@ -225,8 +235,7 @@ async function runScenarios(scenarios: Scenario[], seconds: number) {
       [1, 3, 4, 5],
     ),
   )
-  console.log()
-  for (const verdict of verdicts) console.log(verdict)
+  return verdicts
 }
 
 try {

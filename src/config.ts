@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { parseEnv } from 'node:util'
 import { type Static, Type } from 'typebox'
 import { Value } from 'typebox/value'
-import { DURATION_LIST_PATTERN, DURATION_PATTERN, durationMs } from './lib/duration.js'
+import { DURATION_LIST_PATTERN, DURATION_PATTERN, durationListMs, durationMs } from './lib/duration.js'
 
 /**
  * The one schema of the environment. Keys are the variable names themselves so that an error
@@ -218,6 +218,9 @@ export function loadConfig(options: { env?: NodeJS.ProcessEnv; envFile?: string 
     throw new ConfigError('WEBHOOK_ALLOW_PRIVATE_TARGETS', 'must not be true in production')
   }
 
+  if (durationListMs(config.WEBHOOK_RETRY_SCHEDULE)[0] !== 0) {
+    throw new ConfigError('WEBHOOK_RETRY_SCHEDULE', 'must start with 0 (the first attempt is made at once)')
+  }
   const deliveryTimeoutMs = durationMs(config.WEBHOOK_DELIVERY_TIMEOUT)
   if (deliveryTimeoutMs < 100 || deliveryTimeoutMs > 300_000) {
     throw new ConfigError('WEBHOOK_DELIVERY_TIMEOUT', 'must be between 100ms and 5m')

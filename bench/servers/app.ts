@@ -15,7 +15,8 @@ const config = loadConfig({
     // A fixed key for the benchmark's own database, so token signing keys survive server restarts.
     ENCRYPTION_KEY: Buffer.alloc(32, 3).toString('base64'),
     LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'info',
-    NODE_ENV: 'production',
+    // Production unless a scenario needs otherwise (outbound webhooks to a loopback receiver).
+    NODE_ENV: process.env.BENCH_NODE_ENV ?? 'production',
   },
   envFile: false,
 })

@@ -129,8 +129,9 @@ export const webhookDeliveries = pgTable(
   },
   (table) => [
     uniqueIndex('webhook_deliveries_endpoint_message_key').on(table.endpointId, table.messageId),
-    index('webhook_deliveries_due_idx')
-      .on(table.endpointId, table.nextAttemptAt, table.seq)
+    // A drain reads an endpoint's pending deliveries in seq order and keeps those that are due.
+    index('webhook_deliveries_pending_idx')
+      .on(table.endpointId, table.seq)
       .where(sql`${table.status} = 'pending'`),
     index('webhook_deliveries_message_idx').on(table.messageId),
   ],

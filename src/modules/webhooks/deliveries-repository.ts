@@ -16,6 +16,20 @@ export interface DueDelivery {
   scheduleStep: number
 }
 
+/** One line of the delivery log. */
+export interface AttemptEntry {
+  id: string
+  deliveryId: string
+  endpointId: string
+  attempt: number
+  attemptedAt: Date
+  succeeded: boolean
+  statusCode: number | null
+  latencyMs: number
+  responseBody: string | null
+  error: string | null
+}
+
 /** How an attempt ended, as the delivery keeps it. */
 export interface Settlement {
   status: DeliveryStatus
@@ -35,7 +49,12 @@ export function createDeliveriesRepository(db: Executor) {
     async enabledEndpoints(orgIds: string[], tx: Executor = db) {
       if (orgIds.length === 0) return []
       return tx
-        .select({ id: webhookEndpoints.id, orgId: webhookEndpoints.orgId, events: webhookEndpoints.events })
+        .select({
+          id: webhookEndpoints.id,
+          orgId: webhookEndpoints.orgId,
+          events: webhookEndpoints.events,
+          createdAt: webhookEndpoints.createdAt,
+        })
         .from(webhookEndpoints)
         .where(and(inArray(webhookEndpoints.orgId, orgIds), eq(webhookEndpoints.enabled, true)))
     },
@@ -71,17 +90,22 @@ export function createDeliveriesRepository(db: Executor) {
       return row ?? null
     },
 
+    /** Extends a lease this worker holds; returns the endpoint as it now is, or null when the lease was lost. */
+    async renewLease(endpointId: string, token: string, leaseMs: number, tx: Executor = db) {
+      const [row] = await tx
+        .update(webhookEndpoints)
+        .set({ deliveryLeaseUntil: sql`now() + ${leaseMs} * interval '1 millisecond'` })
+        .where(and(eq(webhookEndpoints.id, endpointId), eq(webhookEndpoints.deliveryLeaseToken, token)))
+        .returning()
+      return row ?? null
+    },
+
     /** Gives the lease up; `pausedUntil` keeps every worker away until then (the receiver asked for it). */
     async releaseLease(endpointId: string, token: string, pausedUntil: Date | null, tx: Executor = db) {
       await tx
         .update(webhookEndpoints)
         .set({ deliveryLeaseToken: null, deliveryLeaseUntil: pausedUntil })
         .where(and(eq(webhookEndpoints.id, endpointId), eq(webhookEndpoints.deliveryLeaseToken, token)))
-    },
-
-    async endpoint(endpointId: string, tx: Executor = db): Promise<EndpointRow | null> {
-      const [row] = await tx.select().from(webhookEndpoints).where(eq(webhookEndpoints.id, endpointId))
-      return row ?? null
     },
 
     /** Pending deliveries of the endpoint that are due, in the order their events were committed. */
@@ -123,6 +147,8 @@ export function createDeliveriesRepository(db: Executor) {
           ),
         )
         .groupBy(webhookEndpoints.id)
+        // The longest waiting first, so that a large backlog cannot starve anyone.
+        .orderBy(sql`min(${webhookDeliveries.nextAttemptAt})`)
         .limit(limit)
       return rows.map((row) => row.id)
     },
@@ -145,26 +171,35 @@ export function createDeliveriesRepository(db: Executor) {
     },
 
     /**
-     * Records attempt `attempt` of a delivery, only if it is still pending with `attempt - 1`
-     * attempts: when a worker died after sending and another sent again, the outcome is kept once.
+     * Records attempt `entry.attempt` of a delivery and its log entry in one statement, only if the
+     * delivery is still pending with one attempt fewer: when a worker died after sending and another
+     * sent again, the outcome is kept once. Returns whether it was recorded.
      */
-    async settle(deliveryId: string, attempt: number, settlement: Settlement, tx: Executor): Promise<boolean> {
-      const rows = await tx
-        .update(webhookDeliveries)
-        .set({ ...settlement, attempts: attempt, updatedAt: sql`now()` })
-        .where(
-          and(
-            eq(webhookDeliveries.id, deliveryId),
-            eq(webhookDeliveries.status, 'pending'),
-            eq(webhookDeliveries.attempts, attempt - 1),
-          ),
+    async settle(settlement: Settlement, entry: AttemptEntry, tx: Executor = db): Promise<boolean> {
+      const timestamp = (value: Date | null) => (value ? value.toISOString() : null)
+      const result = (await tx.execute(sql`
+        with settled as (
+          update webhook_deliveries
+          set status = ${settlement.status}::webhook_delivery_status,
+              schedule_step = ${settlement.scheduleStep},
+              next_attempt_at = ${timestamp(settlement.nextAttemptAt)}::timestamptz,
+              attempts = ${entry.attempt},
+              updated_at = now()
+          where id = ${entry.deliveryId} and status = 'pending' and attempts = ${entry.attempt - 1}
+          returning id
         )
-        .returning({ id: webhookDeliveries.id })
+        insert into webhook_delivery_attempts
+          (id, delivery_id, endpoint_id, attempt, attempted_at, succeeded, status_code, latency_ms,
+           response_body, error, next_retry_at)
+        select ${entry.id}, settled.id, ${entry.endpointId}, ${entry.attempt},
+               ${entry.attemptedAt.toISOString()}::timestamptz, ${entry.succeeded}, ${entry.statusCode}::integer,
+               ${entry.latencyMs}, ${entry.responseBody}::text, ${entry.error}::text,
+               ${timestamp(settlement.nextAttemptAt)}::timestamptz
+        from settled
+        returning id
+      `)) as { rows?: unknown[] } | unknown[]
+      const rows = Array.isArray(result) ? result : (result.rows ?? [])
       return rows.length > 0
-    },
-
-    async logAttempt(values: typeof webhookDeliveryAttempts.$inferInsert, tx: Executor): Promise<void> {
-      await tx.insert(webhookDeliveryAttempts).values(values)
     },
 
     async endpointRecovered(endpointId: string, tx: Executor): Promise<void> {
@@ -192,6 +227,14 @@ export function createDeliveriesRepository(db: Executor) {
         .where(and(eq(webhookEndpoints.id, endpointId), eq(webhookEndpoints.enabled, true)))
         .returning()
       return row ?? null
+    },
+
+    /** Fails every pending delivery of an endpoint (it was disabled). */
+    async failPending(endpointId: string, tx: Executor): Promise<void> {
+      await tx
+        .update(webhookDeliveries)
+        .set({ status: 'failed', nextAttemptAt: null, updatedAt: sql`now()` })
+        .where(and(eq(webhookDeliveries.endpointId, endpointId), eq(webhookDeliveries.status, 'pending')))
     },
 
     /**

@@ -53,8 +53,8 @@ function verdictOf(outcome: AttemptOutcome): Verdict {
 }
 
 /**
- * Whether the receiver is struggling (no answer, 429, 5xx): the worker then stops calling it until
- * its next wake instead of sending it the rest of the backlog right away.
+ * Whether the receiver is struggling (no answer, 429, 5xx): it is then left alone until the failed
+ * delivery's retry instead of being sent the rest of the backlog right away.
  */
 function receiverStruggles(outcome: AttemptOutcome): boolean {
   const status = outcome.statusCode
@@ -71,6 +71,18 @@ export function parseRetryAfter(value: string | string[] | undefined, now = Date
   if (Number.isNaN(date)) return null
   return Math.max(0, date - now)
 }
+
+/**
+ * How long a drain holds an endpoint before it must have renewed its lease: its budget (two
+ * timeouts), the attempt begun last (one more) and a margin for the database (one more, at least
+ * 2 s). Also the job's expiry, after which a dead worker's job is retried.
+ */
+export function leaseDuration(timeoutMs: number): number {
+  return Math.max(4 * timeoutMs, 3 * timeoutMs + 2000)
+}
+
+/** A struggling receiver (no answer, 5xx, 429) is left alone until its failed delivery's retry, at most this long. */
+const STRUGGLING_PAUSE_CAP_MS = 5 * 60 * 1000
 
 /** ±10% so that deliveries failing together do not all come back at the same instant. */
 function withJitter(ms: number): number {
@@ -135,7 +147,8 @@ export function createDeliveriesService(deps: {
   // A drain hands over to a fresh job after this long, so no job outlives its expiry; its lease
   // covers the last attempt begun before that, and its database writes.
   const drainBudgetMs = 2 * timeoutMs
-  const leaseMs = drainBudgetMs + 2 * timeoutMs
+  const leaseMs = leaseDuration(timeoutMs)
+  let closing = false
 
   const attemptsTotal = new Counter({
     name: 'webhook_delivery_attempts_total',
@@ -159,10 +172,13 @@ export function createDeliveriesService(deps: {
     const messages = []
     const deliveries = []
     for (const event of events) {
+      const occurredAt = Date.parse(event.timestamp)
       const subscribed = targets.filter(
         (endpoint) =>
           endpoint.orgId === event.orgId &&
-          (endpoint.events.includes(ALL_EVENTS) || endpoint.events.includes(event.type)),
+          (endpoint.events.includes(ALL_EVENTS) || endpoint.events.includes(event.type)) &&
+          // An endpoint receives what happened since it was registered, even when dispatch lags.
+          endpoint.createdAt.getTime() <= occurredAt,
       )
       if (subscribed.length === 0) continue
       const { id, type, timestamp, orgId, data } = event
@@ -212,6 +228,8 @@ export function createDeliveriesService(deps: {
   async function disableEndpoint(endpointId: string, reason: 'gone' | 'failing', tx: Executor) {
     const disabled = await repository.disable(endpointId, reason, tx)
     if (!disabled) return
+    // Nothing more goes out to it: what waited is failed, visible, and can be retried by hand.
+    await repository.failPending(endpointId, tx)
     await outbox.record(
       {
         type: 'webhook.endpoint.disabled',
@@ -235,51 +253,57 @@ export function createDeliveriesService(deps: {
     const verdict = verdictOf(outcome)
     const number = delivery.attempts + 1
     const step = delivery.scheduleStep + 1
+    // This worker alone delivers to the endpoint (the lease), so its view of the streak is current.
+    const failingSince = verdict === 'succeeded' ? null : (endpoint.failingSince ?? attemptedAt)
+    const disableReason =
+      verdict === 'gone'
+        ? 'gone'
+        : failingSince && attemptedAt.getTime() - failingSince.getTime() >= settings.disableAfterFailingMs
+          ? 'failing'
+          : null
     let nextAttemptAt: Date | null = null
-    if (verdict === 'retry' && step < scheduleMs.length) {
+    if (verdict === 'retry' && !disableReason && step < scheduleMs.length) {
       const scheduled = withJitter(scheduleMs[step] as number)
       const asked = outcome.retryAfterMs === null ? 0 : Math.min(outcome.retryAfterMs, longestDelayMs)
       nextAttemptAt = new Date(Date.now() + Math.max(scheduled, asked))
     }
     const status = verdict === 'succeeded' ? 'succeeded' : nextAttemptAt ? 'pending' : 'failed'
-    let stillEnabled = true
-    await db.transaction(async (tx) => {
-      const recorded = await repository.settle(delivery.id, number, { status, scheduleStep: step, nextAttemptAt }, tx)
-      // Another run of this delivery (its worker died after sending) already recorded an outcome.
-      if (!recorded) return
-      await repository.logAttempt(
-        {
-          id: newId('wha'),
-          deliveryId: delivery.id,
-          endpointId: endpoint.id,
-          attempt: number,
-          attemptedAt,
-          succeeded: verdict === 'succeeded',
-          statusCode: outcome.statusCode,
-          latencyMs: outcome.latencyMs,
-          responseBody: outcome.responseBody,
-          error: outcome.error,
-          nextRetryAt: nextAttemptAt,
-        },
-        tx,
-      )
-      if (verdict === 'succeeded') {
-        if (endpoint.failingSince) await repository.endpointRecovered(endpoint.id, tx)
-        return
-      }
-      const failingSince = await repository.endpointFailed(endpoint.id, attemptedAt, tx)
-      const failingTooLong = attemptedAt.getTime() - failingSince.getTime() >= settings.disableAfterFailingMs
-      if (verdict === 'gone' || failingTooLong) {
-        await disableEndpoint(endpoint.id, verdict === 'gone' ? 'gone' : 'failing', tx)
-        stillEnabled = false
-      } else if (nextAttemptAt) {
-        await jobs.send(DELIVER_QUEUE, { endpointId: endpoint.id }, { tx, startAfter: nextAttemptAt })
-      }
-    })
+    const settlement = { status, scheduleStep: step, nextAttemptAt } as const
+    const entry = {
+      id: newId('wha'),
+      deliveryId: delivery.id,
+      endpointId: endpoint.id,
+      attempt: number,
+      attemptedAt,
+      succeeded: verdict === 'succeeded',
+      statusCode: outcome.statusCode,
+      latencyMs: outcome.latencyMs,
+      responseBody: outcome.responseBody,
+      error: outcome.error,
+    }
+    if (verdict === 'succeeded' && !endpoint.failingSince) {
+      // The common case is one statement: no streak to end, nothing to schedule.
+      await repository.settle(settlement, entry)
+    } else {
+      await db.transaction(async (tx) => {
+        // False when another run of this delivery (its worker died after sending) recorded it already.
+        if (!(await repository.settle(settlement, entry, tx))) return
+        if (verdict === 'succeeded') return repository.endpointRecovered(endpoint.id, tx)
+        await repository.endpointFailed(endpoint.id, attemptedAt, tx)
+        if (disableReason) await disableEndpoint(endpoint.id, disableReason, tx)
+        else if (nextAttemptAt) {
+          await jobs.send(DELIVER_QUEUE, { endpointId: endpoint.id }, { tx, startAfter: nextAttemptAt })
+        }
+      })
+    }
     attemptsTotal.inc({ result: verdict })
-    const pausedUntil =
-      outcome.statusCode === 429 && outcome.retryAfterMs !== null && nextAttemptAt !== null ? nextAttemptAt : null
-    return { stillEnabled, struggling: verdict === 'retry' && receiverStruggles(outcome), pausedUntil }
+    const struggling = verdict === 'retry' && receiverStruggles(outcome)
+    let pausedUntil: Date | null = null
+    if (nextAttemptAt && outcome.retryAfterMs !== null) pausedUntil = nextAttemptAt
+    else if (nextAttemptAt && struggling) {
+      pausedUntil = new Date(Math.min(nextAttemptAt.getTime(), Date.now() + STRUGGLING_PAUSE_CAP_MS))
+    }
+    return { stillEnabled: disableReason === null, failingSince, struggling, pausedUntil }
   }
 
   return {
@@ -317,14 +341,19 @@ export function createDeliveriesService(deps: {
       if (!endpoint) return
       const deadline = Date.now() + drainBudgetMs
       let pausedUntil: Date | null = null
-      // Why this drain ended early: 'struggling' waits for the failed delivery's own retry job.
-      let stop: 'struggling' | 'paused' | 'disabled' | 'budget' | null = null
+      // Why this drain ended early; a paused endpoint is woken by its failed delivery's retry job.
+      let stop: 'paused' | 'struggling' | 'disabled' | 'budget' | 'closing' | 'lost' | null = null
       try {
         drain: for (;;) {
           const due = await repository.due(endpointId, DRAIN_BATCH)
           if (due.length === 0) break
           for (const delivery of due) {
+            if (closing) {
+              stop = 'closing'
+              break drain
+            }
             const result = await attempt(endpoint, delivery)
+            endpoint = { ...endpoint, failingSince: result.failingSince }
             if (!result.stillEnabled) stop = 'disabled'
             else if (result.pausedUntil) {
               pausedUntil = result.pausedUntil
@@ -333,18 +362,34 @@ export function createDeliveriesService(deps: {
             else if (Date.now() >= deadline) stop = 'budget'
             if (stop) break drain
           }
-          // Picks up changes made meanwhile (a new URL, a rotated secret, disabling).
-          endpoint = await repository.endpoint(endpointId)
-          if (!endpoint?.enabled) break
+          // Extends the lease and picks up changes made meanwhile (a new URL, a rotated secret, disabling).
+          const renewed = await repository.renewLease(endpointId, token, leaseMs)
+          if (!renewed) {
+            stop = 'lost'
+            break
+          }
+          endpoint = renewed
+          if (!endpoint.enabled) {
+            stop = 'disabled'
+            break
+          }
         }
       } finally {
-        await repository.releaseLease(endpointId, token, pausedUntil)
+        if (stop !== 'lost') await repository.releaseLease(endpointId, token, pausedUntil)
       }
-      // Deliveries that became due while the lease was held had their wake-up find it taken.
-      if (stop === 'budget' || (stop === null && (await repository.hasDue(endpointId)))) {
+      if (stop === 'budget') {
+        await wake([endpointId])
+        jobs.poke(DELIVER_QUEUE)
+      } else if (stop === null && (await repository.hasDue(endpointId))) {
+        // Deliveries that became due while the lease was held had their wake-up find it taken.
         await wake([endpointId])
         jobs.poke(DELIVER_QUEUE)
       }
+    },
+
+    /** No drain starts another attempt: the process is shutting down. */
+    stopDelivering() {
+      closing = true
     },
 
     /** Wakes endpoints with due deliveries and no worker; covers lost wake-ups and dead workers. */

@@ -41,6 +41,20 @@ export function createEndpointsRepository(db: Executor) {
       return row as EndpointRow
     },
 
+    /**
+     * Starts the endpoint's delivery history afresh (it was enabled by hand or points elsewhere now):
+     * no failing streak, no pause a receiver asked for. A lease a worker holds stays.
+     */
+    async resetDeliveryState(id: string, tx: Executor = db): Promise<void> {
+      await tx
+        .update(webhookEndpoints)
+        .set({
+          failingSince: null,
+          deliveryLeaseUntil: sql`case when ${webhookEndpoints.deliveryLeaseToken} is null then null else ${webhookEndpoints.deliveryLeaseUntil} end`,
+        })
+        .where(eq(webhookEndpoints.id, id))
+    },
+
     async delete(id: string, tx: Executor = db): Promise<void> {
       await tx.delete(webhookEndpoints).where(eq(webhookEndpoints.id, id))
     },

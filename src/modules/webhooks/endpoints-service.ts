@@ -189,10 +189,16 @@ export function createEndpointsService(deps: {
           },
           tx,
         )
+        if (patch.enabled === true || (url !== undefined && url !== current.url)) {
+          await repository.resetDeliveryState(id, tx)
+        }
         await audit('webhook_endpoint.updated', row, auth, ip, tx)
         return row
       })
-      if (patch.enabled === true) await deps.onEnabled?.(id)
+      if (patch.enabled === true) {
+        // Committed already: a failed wake-up is made good by the next sweep, not reported as an error.
+        await deps.onEnabled?.(id).catch(() => {})
+      }
       return presentEndpoint(updated)
     },
 

@@ -4,7 +4,7 @@ import type { Config } from '../../config.js'
 import { durationListMs, durationMs } from '../../lib/duration.js'
 import { createTargetGuard } from '../../lib/ssrf-guard.js'
 import { createDeliveriesRepository } from './deliveries-repository.js'
-import { createDeliveriesService, DELIVER_QUEUE, type DeliveriesService } from './deliveries-service.js'
+import { createDeliveriesService, DELIVER_QUEUE, type DeliveriesService, leaseDuration } from './deliveries-service.js'
 import { coalescingRunner } from './dispatcher.js'
 import { createEndpointsRepository } from './endpoints-repository.js'
 import { endpointsRoutes } from './endpoints-routes.js'
@@ -84,8 +84,8 @@ async function webhooksModule(app: FastifyInstance, { config }: { config: Config
     },
   })
   late.deliveries = delivering
-  // A drain runs at most 4 timeouts (see the lease); a worker that dies is noticed after that.
-  const drainSeconds = Math.ceil((4 * timeoutMs) / 1000)
+  // A drain renews its lease after every batch; a worker that dies is noticed once it runs out.
+  const drainSeconds = Math.ceil(leaseDuration(timeoutMs) / 1000)
   await app.jobs.define<{ endpointId: string }>({
     name: DELIVER_QUEUE,
     concurrency: config.WEBHOOK_DELIVERY_CONCURRENCY,
@@ -95,6 +95,9 @@ async function webhooksModule(app: FastifyInstance, { config }: { config: Config
     handler: ({ endpointId }) => delivering.drain(endpointId),
   })
   await app.register(endpointsRoutes(endpoints, delivering), { prefix: '/api/v1' })
+  // Before anything closes (the HTTP client included): attempts in flight finish, none starts, and
+  // what is left stays due for the next worker.
+  app.addHook('preClose', async () => delivering.stopDelivering())
 
   if (app.jobs.working) {
     // Committed events are fanned out as soon as their notification arrives; the sweep catches
