@@ -17,6 +17,8 @@ import { authSchemas } from './modules/auth/auth-schemas.js'
 import { authModule } from './modules/auth/index.js'
 import { orgsModule } from './modules/orgs/index.js'
 import { orgsSchemas } from './modules/orgs/orgs-schemas.js'
+import { chatModule } from './modules/chat/index.js'
+import { chatSchemas } from './modules/chat/chat-schemas.js'
 import { projectsModule } from './modules/projects/index.js'
 import { projectsSchemas } from './modules/projects/projects-schemas.js'
 import { systemModule } from './modules/system/index.js'
@@ -35,6 +37,7 @@ import observabilityPlugin from './plugins/observability.js'
 import { eventWebhooksDocument } from './modules/events/catalogue.js'
 import openapiPlugin from './plugins/openapi.js'
 import outboxPlugin from './plugins/outbox.js'
+import ssePlugin from './plugins/sse.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
 import redisPlugin from './plugins/redis.js'
 import securityPlugin from './plugins/security.js'
@@ -182,6 +185,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   await app.register(idempotencyPlugin)
   await app.register(outboxPlugin)
   await app.register(jobsPlugin, { config })
+  await app.register(ssePlugin)
 
   // Named component schemas are global, like the OpenAPI document's one components section, so
   // that one module's responses can reference another's shapes (an Org carries a Role).
@@ -193,6 +197,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     ...webhookReceiveSchemas,
     ...webhookAdminSchemas,
     ...endpointSchemas,
+    ...chatSchemas,
   ])
     app.addSchema(schema)
 
@@ -200,6 +205,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   await app.register(authModule)
   await app.register(orgsModule)
   await app.register(projectsModule)
+  await app.register(chatModule, { config })
   await app.register(webhooksModule, { config })
 
   return app

@@ -58,6 +58,42 @@ export const ConfigSchema = Type.Object({
   ANTHROPIC_BASE_URL: Type.Optional(Url('Anthropic API base URL')),
   CHAT_DEFAULT_MODEL: Type.String({ minLength: 1, default: 'gpt-4o-mini' }),
   EMBEDDINGS_MODEL: Type.String({ minLength: 1, default: 'text-embedding-3-small' }),
+  CHAT_FALLBACK_MODELS: Type.String({
+    default: 'claude-haiku-4-5,gpt-4o-mini',
+    description:
+      'Models tried in turn when the requested one fails before its first token (comma-separated; claude-* models go to Anthropic, others to OpenAI)',
+  }),
+  CHAT_FIRST_TOKEN_TIMEOUT_MS: Millis(100, 30_000, 'How long a provider may take to send the first token'),
+  CHAT_IDLE_TIMEOUT_MS: Millis(100, 30_000, 'How long a provider may pause between tokens'),
+  CHAT_MAX_OUTPUT_TOKENS: Type.Integer({
+    minimum: 1,
+    maximum: 64_000,
+    default: 1024,
+    description: 'Longest answer, in tokens',
+  }),
+  CHAT_PROVIDER_MAX_RETRIES: Type.Integer({
+    minimum: 0,
+    maximum: 5,
+    default: 1,
+    description: "Retries of the providers' SDKs before falling back to the next model",
+  }),
+  CHAT_DAILY_TOKEN_BUDGET: Type.Integer({
+    minimum: 0,
+    default: 1_000_000,
+    description: 'Tokens (input and output) an org may use per UTC day; 0 for no budget',
+  }),
+  CHAT_MAX_CONCURRENT_STREAMS: Type.Integer({
+    minimum: 1,
+    maximum: 1000,
+    default: 3,
+    description: 'Answers one user may be streaming at once',
+  }),
+  CHAT_RATE_LIMIT_PER_MINUTE: Type.Integer({
+    minimum: 1,
+    maximum: 100_000,
+    default: 10,
+    description: 'Chat requests per user per minute',
+  }),
   STRIPE_SECRET_KEY: Type.Optional(Type.String({ minLength: 1 })),
   STRIPE_WEBHOOK_SECRET: Type.Optional(Type.String({ minLength: 1 })),
   TWILIO_AUTH_TOKEN: Type.Optional(Type.String({ minLength: 1 })),

@@ -102,7 +102,12 @@ function openPostgres(url: string, config: DatabaseConfig, options: OpenDatabase
   })
   // pg emits 'error' for idle clients whose server went away; unhandled, that kills the process.
   pool.on('error', (error) => options.onPoolError?.(error))
+  // The pool listens to its clients only while they are idle. A client held between the statements
+  // of a transaction when the server goes away would crash the process with its 'error'; the
+  // transaction itself fails on its next statement, so the event needs no handling of its own.
+  pool.on('connect', (client) => client.on('error', () => {}))
   const db = drizzleNodePostgres({ client: pool, schema, casing: 'snake_case' }) as unknown as Database
+  const notifications = notificationConnection(url)
   let closed = false
   return {
     db,
@@ -111,83 +116,129 @@ function openPostgres(url: string, config: DatabaseConfig, options: OpenDatabase
     async ping(timeoutMs = 2000) {
       await withTimeout(db.execute(sql`select 1`), timeoutMs)
     },
-    listen: (channel: string, handlers: NotificationHandlers) => listenOnPostgres(url, channel, handlers),
+    listen: (channel: string, handlers: NotificationHandlers) => notifications.listen(channel, handlers),
     async close() {
       if (closed) return
       closed = true
+      await notifications.close()
       await pool.end()
     },
   }
 }
 
 /**
- * LISTEN on a connection of its own (a pooled one would be handed to other queries). A broken
- * connection is replaced with capped exponential backoff; meanwhile the caller hears that it may
- * be missing notifications.
+ * Every LISTEN of an instance shares one connection of its own (a pooled one would be handed to
+ * other queries). A broken connection is replaced with capped exponential backoff and listens to
+ * every channel again; meanwhile the listeners hear that they may be missing notifications.
  */
-async function listenOnPostgres(url: string, channel: string, handlers: NotificationHandlers) {
-  if (!CHANNEL_NAME.test(channel)) throw new Error(`invalid channel name: ${channel}`)
-  let stopped = false
+function notificationConnection(url: string) {
+  const channels = new Map<string, Set<NotificationHandlers>>()
   let current: pg.Client | null = null
+  let connecting: Promise<void> | null = null
   let retry: NodeJS.Timeout | undefined
+  let heartbeat: NodeJS.Timeout | undefined
+  let closed = false
+
+  const everyone = () => [...channels.values()].flatMap((handlers) => [...handlers])
+  const tell = (listening: boolean, who = everyone()) => {
+    for (const handlers of who) handlers.onListening(listening)
+  }
 
   const schedule = (attempt: number) => {
-    if (stopped) return
+    if (closed || channels.size === 0) return
     retry = setTimeout(() => void connect(attempt), Math.min(30_000, 250 * 2 ** attempt)).unref()
   }
 
-  async function connect(attempt: number) {
-    const client = new pg.Client({
-      connectionString: url,
-      application_name: 'backplane-listener',
-      connectionTimeoutMillis: 5000,
-      keepAlive: true,
-      keepAliveInitialDelayMillis: 10_000,
+  function connect(attempt: number): Promise<void> {
+    connecting = (async () => {
+      const client = new pg.Client({
+        connectionString: url,
+        application_name: 'backplane-listener',
+        connectionTimeoutMillis: 5000,
+        keepAlive: true,
+        keepAliveInitialDelayMillis: 10_000,
+      })
+      // Errors surface as 'end' below; an unhandled 'error' event would crash the process.
+      client.on('error', () => {})
+      client.on('notification', (message) => {
+        if (message.payload === undefined) return
+        for (const handlers of channels.get(message.channel) ?? []) handlers.onMessage(message.payload)
+      })
+      client.on('end', () => {
+        if (current !== client) return
+        current = null
+        tell(false)
+        schedule(0)
+      })
+      try {
+        await client.connect()
+        for (const channel of channels.keys()) await client.query(`LISTEN ${channel}`)
+      } catch {
+        await client.end().catch(() => {})
+        tell(false)
+        schedule(attempt + 1)
+        return
+      }
+      if (closed || channels.size === 0) {
+        await client.end().catch(() => {})
+        return
+      }
+      current = client
+      tell(true)
+    })().finally(() => {
+      connecting = null
     })
-    // Errors surface as 'end' below; an unhandled 'error' event would crash the process.
-    client.on('error', () => {})
-    client.on('notification', (message) => {
-      if (message.channel === channel && message.payload !== undefined) handlers.onMessage(message.payload)
-    })
-    client.on('end', () => {
-      if (current !== client) return
-      current = null
-      handlers.onListening(false)
-      schedule(0)
-    })
-    try {
-      await client.connect()
-      await client.query(`LISTEN ${channel}`)
-    } catch {
-      await client.end().catch(() => {})
-      handlers.onListening(false)
-      schedule(attempt + 1)
-      return
-    }
-    if (stopped) {
-      await client.end().catch(() => {})
-      return
-    }
-    current = client
-    handlers.onListening(true)
+    return connecting
   }
 
-  // A connection dropped silently (a NAT, a failover) ends no socket for a long time and delivers
-  // nothing: a query that does not answer in time ends it, and 'end' reconnects.
-  const heartbeat = setInterval(() => {
-    const client = current
-    if (!client) return
-    withTimeout(client.query('select 1'), 5000).catch(() => client.end().catch(() => {}))
-  }, 15_000).unref()
+  return {
+    async listen(channel: string, handlers: NotificationHandlers): Promise<() => Promise<void>> {
+      if (!CHANNEL_NAME.test(channel)) throw new Error(`invalid channel name: ${channel}`)
+      const known = channels.has(channel)
+      const set = channels.get(channel) ?? new Set()
+      set.add(handlers)
+      channels.set(channel, set)
+      // A connection dropped silently (a NAT, a failover) ends no socket for a long time and
+      // delivers nothing: a query that does not answer in time ends it, and 'end' reconnects.
+      heartbeat ??= setInterval(() => {
+        const client = current
+        if (!client) return
+        withTimeout(client.query('select 1'), 5000).catch(() => client.end().catch(() => {}))
+      }, 15_000).unref()
+      if (connecting) await connecting
+      if (current && !known) {
+        try {
+          await current.query(`LISTEN ${channel}`)
+          handlers.onListening(true)
+        } catch {
+          // The connection broke: 'end' reconnects and listens to every channel again.
+          handlers.onListening(false)
+        }
+      } else if (current) {
+        handlers.onListening(true)
+      } else if (!retry || connecting === null) {
+        await connect(0)
+      }
+      return async () => {
+        set.delete(handlers)
+        if (set.size > 0) return
+        channels.delete(channel)
+        await current?.query(`UNLISTEN ${channel}`).catch(() => {})
+        if (channels.size === 0) await this.close(false)
+      }
+    },
 
-  await connect(0)
-  return async () => {
-    stopped = true
-    clearInterval(heartbeat)
-    clearTimeout(retry)
-    const client = current
-    current = null
-    await client?.end().catch(() => {})
+    /** Ends the connection; `final` also stops it from ever connecting again. */
+    async close(final = true) {
+      if (final) closed = true
+      clearInterval(heartbeat)
+      heartbeat = undefined
+      clearTimeout(retry)
+      retry = undefined
+      const client = current
+      current = null
+      await client?.end().catch(() => {})
+    },
   }
 }
 

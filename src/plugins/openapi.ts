@@ -63,6 +63,10 @@ async function openapiPlugin(
         { name: 'orgs', description: 'Organizations, members, roles and the audit log' },
         { name: 'projects', description: 'Org-owned JSON documents with ETags, merge patches and idempotent writes' },
         {
+          name: 'chat',
+          description: 'AI answers streamed over Server-Sent Events, with fallback across providers, metered per org',
+        },
+        {
           name: 'webhooks',
           description:
             'Inbound provider events (verified, stored, then processed exactly once) and outbound endpoints; ' +

@@ -1,15 +1,30 @@
 import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import type { AuthContext } from '../auth/authorization.js'
 import { createProjectsRepository } from './projects-repository.js'
 import { projectsRoutes } from './projects-routes.js'
 import { createProjectsService } from './projects-service.js'
 
-/** Org-owned JSON documents under /api/v1/projects. */
-export async function projectsModule(app: FastifyInstance) {
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** What other modules may ask of projects: one the caller can see (404 otherwise). */
+    projectsService: { get(auth: AuthContext, id: string): Promise<{ id: string; orgId: string }> }
+  }
+}
+
+/**
+ * Org-owned JSON documents under /api/v1/projects. Wrapped with fastify-plugin so that
+ * `projectsService` is visible to the modules registered after it; its routes stay in their own context.
+ */
+async function projects(app: FastifyInstance) {
   const service = createProjectsService({
     db: app.db,
     repository: createProjectsRepository(app.db),
     outbox: app.outbox,
     orgs: app.orgsService,
   })
+  app.decorate('projectsService', { get: (auth: AuthContext, id: string) => service.get(auth, id) })
   await app.register(projectsRoutes(service), { prefix: '/api/v1' })
 }
+
+export const projectsModule = fp(projects, { name: 'projects', fastify: '5.x', dependencies: ['outbox', 'auth'] })

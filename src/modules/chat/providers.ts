@@ -1,0 +1,153 @@
+import Anthropic from '@anthropic-ai/sdk'
+import OpenAI from 'openai'
+import type { Config } from '../../config.js'
+
+export type ProviderName = 'openai' | 'anthropic'
+
+export interface ChatTurn {
+  role: 'user' | 'assistant'
+  content: string
+}
+
+export interface ProviderRequest {
+  model: string
+  /** Instructions and retrieved context; Anthropic caches it across turns of a conversation. */
+  system: string
+  messages: ChatTurn[]
+  maxOutputTokens: number
+  signal: AbortSignal
+}
+
+/**
+ * What a provider's stream yields: text as it comes, token counts when the provider reports them,
+ * and `end` when the provider says the answer is finished. A stream that stops without `end` was
+ * cut (a proxy or the provider dropped the tail), even if it stopped cleanly.
+ */
+export type ProviderEvent =
+  | { type: 'text'; text: string }
+  | { type: 'usage'; inputTokens?: number | undefined; outputTokens?: number | undefined }
+  | { type: 'end'; reason: string }
+
+export interface ChatProvider {
+  readonly name: ProviderName
+  stream(request: ProviderRequest): AsyncIterable<ProviderEvent>
+}
+
+/** `claude-*` models are Anthropic's; every other name goes to OpenAI or the OpenAI-compatible server. */
+export function providerOf(model: string): ProviderName {
+  return /^claude/i.test(model) ? 'anthropic' : 'openai'
+}
+
+/**
+ * `compatible`: an OpenAI-compatible server (Ollama, vLLM, LM Studio), which knows the classic
+ * `max_tokens`; OpenAI's own newer models accept only `max_completion_tokens`.
+ */
+export function openAIProvider(client: OpenAI, options: { compatible: boolean }): ChatProvider {
+  return {
+    name: 'openai',
+    async *stream(request) {
+      const stream = await client.chat.completions.create(
+        {
+          model: request.model,
+          messages: [{ role: 'system', content: request.system }, ...request.messages],
+          ...(options.compatible
+            ? { max_tokens: request.maxOutputTokens }
+            : { max_completion_tokens: request.maxOutputTokens }),
+          stream: true,
+          stream_options: { include_usage: true },
+        },
+        { signal: request.signal },
+      )
+      let finish: string | null = null
+      for await (const chunk of stream) {
+        const choice = chunk.choices[0]
+        if (choice?.delta?.content) yield { type: 'text', text: choice.delta.content }
+        if (choice?.finish_reason) finish = choice.finish_reason
+        if (chunk.usage) {
+          yield { type: 'usage', inputTokens: chunk.usage.prompt_tokens, outputTokens: chunk.usage.completion_tokens }
+        }
+      }
+      // The usage chunk follows the one that finishes, so the end is reported after the stream.
+      if (finish) yield { type: 'end', reason: finish }
+    },
+  }
+}
+
+export function anthropicProvider(client: Anthropic): ChatProvider {
+  return {
+    name: 'anthropic',
+    async *stream(request) {
+      const stream = await client.messages.create(
+        {
+          model: request.model,
+          max_tokens: request.maxOutputTokens,
+          // Marked for prompt caching: the instructions and context repeat on every turn.
+          system: [{ type: 'text', text: request.system, cache_control: { type: 'ephemeral' } }],
+          messages: request.messages,
+          stream: true,
+        },
+        { signal: request.signal },
+      )
+      for await (const event of stream) {
+        if (event.type === 'content_block_delta' && event.delta.type === 'text_delta') {
+          yield { type: 'text', text: event.delta.text }
+        } else if (event.type === 'message_start') {
+          const usage = event.message.usage
+          const input =
+            usage.input_tokens + (usage.cache_creation_input_tokens ?? 0) + (usage.cache_read_input_tokens ?? 0)
+          yield { type: 'usage', inputTokens: input }
+        } else if (event.type === 'message_delta') {
+          yield { type: 'usage', outputTokens: event.usage.output_tokens }
+        } else if (event.type === 'message_stop') {
+          yield { type: 'end', reason: 'stop' }
+        }
+      }
+    },
+  }
+}
+
+export interface ProviderKeys {
+  openai?: string | undefined
+  anthropic?: string | undefined
+}
+
+/**
+ * The providers this server can call, each built only when its key is configured: a provider
+ * without a key is simply unavailable. The SDKs retry a little themselves (bounded); falling back
+ * to another model is the generation's job.
+ */
+export function createProviders(config: Config, keys: ProviderKeys = {}): Map<ProviderName, ChatProvider> {
+  const providers = new Map<ProviderName, ChatProvider>()
+  const openaiKey = keys.openai ?? config.OPENAI_API_KEY
+  const anthropicKey = keys.anthropic ?? config.ANTHROPIC_API_KEY
+  // The SDK's own timeout is a backstop; first-token and idle timeouts are enforced by the caller.
+  const timeout = config.CHAT_FIRST_TOKEN_TIMEOUT_MS + 10 * 60 * 1000
+  if (openaiKey) {
+    providers.set(
+      'openai',
+      openAIProvider(
+        new OpenAI({
+          apiKey: openaiKey,
+          ...(config.OPENAI_BASE_URL ? { baseURL: config.OPENAI_BASE_URL } : {}),
+          maxRetries: config.CHAT_PROVIDER_MAX_RETRIES,
+          timeout,
+        }),
+        { compatible: config.OPENAI_BASE_URL !== undefined && !config.OPENAI_BASE_URL.includes('api.openai.com') },
+      ),
+    )
+  }
+  if (anthropicKey) {
+    providers.set(
+      'anthropic',
+      anthropicProvider(
+        new Anthropic({
+          apiKey: anthropicKey,
+          ...(config.ANTHROPIC_BASE_URL ? { baseURL: config.ANTHROPIC_BASE_URL } : {}),
+          maxRetries: config.CHAT_PROVIDER_MAX_RETRIES,
+          timeout,
+        }),
+      ),
+    )
+  }
+  return providers
+}
