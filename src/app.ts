@@ -18,7 +18,8 @@ import { authModule } from './modules/auth/index.js'
 import { orgsModule } from './modules/orgs/index.js'
 import { orgsSchemas } from './modules/orgs/orgs-schemas.js'
 import { chatModule } from './modules/chat/index.js'
-import { chatSchemas } from './modules/chat/chat-schemas.js'
+import { chatSchemas, conversationSchemas } from './modules/chat/chat-schemas.js'
+import { documentSchemas } from './modules/chat/documents-schemas.js'
 import { projectsModule } from './modules/projects/index.js'
 import { projectsSchemas } from './modules/projects/projects-schemas.js'
 import { systemModule } from './modules/system/index.js'
@@ -198,6 +199,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     ...webhookAdminSchemas,
     ...endpointSchemas,
     ...chatSchemas,
+    ...conversationSchemas,
+    ...documentSchemas,
   ])
     app.addSchema(schema)
 

@@ -14,6 +14,8 @@ declare module 'fastify' {
 export interface EventStream {
   /** Writes one event, one JSON object on its `data:` line, with the next id (or `id` when given). */
   send(data: object, id?: string | number): void
+  /** Writes an event whose JSON is already serialised (a logged event, replayed). */
+  sendSerialized(json: string, id: string | number): void
   /** Ends the stream; a no-op once ended or once the client left. */
   end(): void
   /** Aborted when the client disconnects before `end()`. */
@@ -58,6 +60,10 @@ function openEventStream(reply: FastifyReply): EventStream {
       if (ended) return
       const eventId = id ?? nextId++
       raw.write(`id: ${eventId}\ndata: ${JSON.stringify(data)}\n\n`)
+    },
+    sendSerialized(json, id) {
+      if (ended) return
+      raw.write(`id: ${id}\ndata: ${json}\n\n`)
     },
     end() {
       if (ended) return

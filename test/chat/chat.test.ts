@@ -164,12 +164,14 @@ t.test('context chunks go into the system prompt numbered, and come back as sour
   t.ok(prompt.indexOf('[1]') < prompt.indexOf('[2]'), 'in the order given')
   t.notMatch(prompt, /\[3\]/, 'no third passage')
   t.same(done.sources, [
-    { index: 1, text: 'Alpha passage about billing cycles.', title: null, source: null },
+    { index: 1, text: 'Alpha passage about billing cycles.', title: null, source: null, documentId: null, score: null },
     {
       index: 2,
       text: 'Beta passage about webhook retries.',
       title: 'Webhooks guide',
       source: 'https://docs.example.com/hooks',
+      documentId: null,
+      score: null,
     },
   ])
 })
@@ -213,7 +215,7 @@ t.test('a claude model goes to Anthropic, with a cached system prompt', async (t
     { model: 'claude-haiku-4-5', inputTokens: 35, outputTokens: 3, totalTokens: 38 },
     'input counts uncached, cache-written and cache-read tokens',
   )
-  t.same(done.sources, [{ index: 1, text: 'Gamma passage.', title: null, source: null }])
+  t.same(done.sources, [{ index: 1, text: 'Gamma passage.', title: null, source: null, documentId: null, score: null }])
   t.same(calls(), { openai: before.openai, anthropic: before.anthropic + 1 }, 'Anthropic only')
 
   const upstream = lastRequest(anthropic)

@@ -140,3 +140,169 @@ export function usageRowsOf(app: FastifyInstance, userId: string) {
 export function defaultText(n: number): string {
   return Array.from({ length: n }, (_, i) => `tok${i} `).join('')
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Conversations: streams whose event ids are `<messageId>:<n>`, resumable with Last-Event-ID.
+
+export type ConversationDone = {
+  type: 'done'
+  messageId: string
+  status: 'complete' | 'stopped'
+  sources: ChatSource[]
+  usage: ChatUsage
+  fullContent: string
+}
+
+export type ConversationEvent =
+  { type: 'content'; content: string } | ConversationDone | { type: 'error'; error: string; code: string }
+
+/** A conversation event id split into its message and number; seq is NaN when it is not of that form. */
+export function splitEventId(id: string | undefined): { messageId: string; seq: number } {
+  const match = /^(msg_[0-9a-f]{32}):(\d+)$/.exec(id ?? '')
+  if (!match) return { messageId: '', seq: Number.NaN }
+  return { messageId: match[1] ?? '', seq: Number(match[2]) }
+}
+
+export interface ConversationStream {
+  raw: SseEvent[]
+  events: ConversationEvent[]
+  /** The message every event id names ('' if there was no event). */
+  messageId: string
+  seqs: number[]
+  contents: string[]
+  /** The content events joined. */
+  text: string
+  done: ConversationDone | undefined
+  error: Extract<ConversationEvent, { type: 'error' }> | undefined
+}
+
+/**
+ * Checks (part of) a conversation stream: every id is `<messageId>:<n>` of one message (`messageId`
+ * if given), n running after + 1, after + 2… with no gap or repeat; only content events before the
+ * end; with `ends` (default), exactly one done or error, last, and none otherwise.
+ */
+export function checkConversationStream(
+  t: Test,
+  raw: SseEvent[],
+  options: { messageId?: string; after?: number; ends?: boolean; label?: string } = {},
+): ConversationStream {
+  const label = options.label ?? 'stream'
+  const after = options.after ?? 0
+  const ends = options.ends ?? true
+  const ids = raw.map((event) => splitEventId(event.id))
+  const messageId = options.messageId ?? ids[0]?.messageId ?? ''
+  t.ok(
+    ids.every((id) => id.messageId === messageId && messageId !== ''),
+    `${label}: every id is <messageId>:<n> of ${messageId || 'one message'} (${raw.map((e) => e.id).join(' ')})`,
+  )
+  const seqs = ids.map((id) => id.seq)
+  t.same(
+    seqs,
+    raw.map((_, i) => after + i + 1),
+    `${label}: event numbers run ${after + 1}, ${after + 2}… with no gap or repeat`,
+  )
+  const events = chatEvents(t, raw) as ConversationEvent[]
+  const terminal = events.filter((event) => event.type === 'done' || event.type === 'error')
+  const last = events.at(-1)
+  if (ends) {
+    t.equal(terminal.length, 1, `${label}: exactly one done or error event`)
+    t.ok(last && (last.type === 'done' || last.type === 'error'), `${label}: it is the last event`)
+  } else {
+    t.equal(terminal.length, 0, `${label}: no done or error yet`)
+  }
+  const unknown = events.filter((event) => !['content', 'done', 'error'].includes(event.type))
+  t.same(unknown, [], `${label}: no other event types`)
+  const contents = events.flatMap((event) => (event.type === 'content' ? [event.content] : []))
+  return {
+    raw,
+    events,
+    messageId,
+    seqs,
+    contents,
+    text: contents.join(''),
+    done: events.find((event): event is ConversationDone => event.type === 'done'),
+    error: events.find((event): event is Extract<ConversationEvent, { type: 'error' }> => event.type === 'error'),
+  }
+}
+
+/**
+ * An event stream read over real HTTP (fetch), event by event, so a test can stop reading, drop the
+ * connection or keep going while the server is still producing.
+ */
+export class LiveStream {
+  readonly events: SseEvent[] = []
+  ended = false
+  private readonly parser = new SseBuffer()
+  private readonly decoder = new TextDecoder()
+  private readonly reader: ReadableStreamDefaultReader<Uint8Array> | undefined
+
+  private constructor(
+    readonly response: Response,
+    private readonly controller: AbortController,
+    /** The body of a response that is not an event stream (a refusal). */
+    readonly text: string | undefined,
+  ) {
+    if (text === undefined) this.reader = response.body?.getReader()
+  }
+
+  static async open(url: string, init: { method?: string; headers?: Record<string, string>; body?: unknown } = {}) {
+    const controller = new AbortController()
+    const body = init.body === undefined ? undefined : JSON.stringify(init.body)
+    const response = await fetch(url, {
+      method: init.method ?? 'GET',
+      headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...init.headers },
+      ...(body === undefined ? {} : { body }),
+      signal: controller.signal,
+    })
+    const isStream = /^text\/event-stream/.test(response.headers.get('content-type') ?? '')
+    return new LiveStream(response, controller, isStream ? undefined : await response.text())
+  }
+
+  get status(): number {
+    return this.response.status
+  }
+
+  /** Reads until at least `n` events arrived or the stream ended; throws after `ms`. */
+  async until(n: number, ms = 10_000): Promise<SseEvent[]> {
+    const deadline = Date.now() + ms
+    while (this.events.length < n && !this.ended) await this.readOnce(deadline, `${n} events`)
+    return this.events
+  }
+
+  /** Reads until the server ends the stream; throws after `ms`. */
+  async toEnd(ms = 15_000): Promise<SseEvent[]> {
+    const deadline = Date.now() + ms
+    while (!this.ended) await this.readOnce(deadline, 'the end of the stream')
+    return this.events
+  }
+
+  /** Drops the connection, as a client that goes away does. */
+  async abort(): Promise<void> {
+    this.controller.abort()
+    await this.reader?.cancel().catch(() => {})
+    this.ended = true
+  }
+
+  private async readOnce(deadline: number, what: string): Promise<void> {
+    if (!this.reader) {
+      this.ended = true
+      return
+    }
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), Math.max(0, deadline - Date.now()))
+    })
+    const result = await Promise.race([this.reader.read(), timeout])
+    clearTimeout(timer)
+    if (result === 'timeout') {
+      await this.abort()
+      throw new Error(`timed out waiting for ${what}; got ${this.events.length} events: ${JSON.stringify(this.events)}`)
+    }
+    if (result.done) {
+      this.events.push(...this.parser.push(this.decoder.decode()))
+      this.ended = true
+      return
+    }
+    this.events.push(...this.parser.push(this.decoder.decode(result.value, { stream: true })))
+  }
+}

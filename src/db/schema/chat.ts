@@ -1,4 +1,4 @@
-import { boolean, index, integer, pgEnum, pgTable, text, timestamp } from 'drizzle-orm/pg-core'
+import { boolean, index, integer, pgEnum, pgTable, primaryKey, text, timestamp } from 'drizzle-orm/pg-core'
 import { orgs } from './auth.js'
 
 export const chatMessageStatus = pgEnum('chat_message_status', ['complete', 'stopped', 'incomplete', 'error'])
@@ -27,4 +27,62 @@ export const chatUsage = pgTable(
     createdAt: timestamp({ withTimezone: true }).notNull().defaultNow(),
   },
   (table) => [index('chat_usage_org_created_idx').on(table.orgId, table.createdAt)],
+)
+
+/** A user's conversation with the assistant, in one org, optionally grounded in a project. */
+export const conversations = pgTable(
+  'conversations',
+  {
+    id: text().primaryKey(),
+    orgId: text()
+      .notNull()
+      .references(() => orgs.id, { onDelete: 'cascade' }),
+    // Without a foreign key: the chat module does not own projects; a deleted project only stops grounding.
+    projectId: text(),
+    createdBy: text().notNull(),
+    title: text().notNull().default(''),
+    model: text(),
+    createdAt: timestamp({ withTimezone: true }).notNull().defaultNow(),
+    updatedAt: timestamp({ withTimezone: true }).notNull().defaultNow(),
+  },
+  (table) => [index('conversations_owner_idx').on(table.createdBy, table.updatedAt, table.id)],
+)
+
+export const messageStatus = pgEnum('message_status', ['streaming', 'complete', 'stopped', 'incomplete', 'error'])
+
+/** The turns of a conversation. An assistant message is `streaming` while its answer is generated. */
+export const chatMessages = pgTable(
+  'chat_messages',
+  {
+    id: text().primaryKey(),
+    conversationId: text()
+      .notNull()
+      .references(() => conversations.id, { onDelete: 'cascade' }),
+    role: text({ enum: ['user', 'assistant'] }).notNull(),
+    content: text().notNull().default(''),
+    status: messageStatus().notNull(),
+    model: text(),
+    errorCode: text(),
+    // Renewed while the answer is generated: a streaming message whose heartbeat stopped lost its process.
+    heartbeatAt: timestamp({ withTimezone: true }),
+    createdAt: timestamp({ withTimezone: true }).notNull().defaultNow(),
+    updatedAt: timestamp({ withTimezone: true }).notNull().defaultNow(),
+  },
+  (table) => [index('chat_messages_conversation_idx').on(table.conversationId, table.createdAt, table.id)],
+)
+
+/**
+ * Every event of an answer's stream, as its clients received it, written in batches while it is
+ * generated and completely when it ends: a client that dropped resumes from here.
+ */
+export const chatMessageEvents = pgTable(
+  'chat_message_events',
+  {
+    messageId: text()
+      .notNull()
+      .references(() => chatMessages.id, { onDelete: 'cascade' }),
+    seq: integer().notNull(),
+    data: text().notNull(),
+  },
+  (table) => [primaryKey({ columns: [table.messageId, table.seq] })],
 )

@@ -94,3 +94,90 @@ export const UsageReportSchema = Type.Object(
 )
 
 export const chatSchemas = [UsageReportSchema]
+
+const Timestamp = Type.String({ format: 'date-time' })
+const conversationFields = {
+  id: Type.String({ pattern: '^cnv_' }),
+  orgId: Type.String(),
+  projectId: Type.Union([Type.String(), Type.Null()]),
+  title: Type.String(),
+  model: Type.Union([Type.String(), Type.Null()], { description: 'Default CHAT_DEFAULT_MODEL' }),
+  createdAt: Timestamp,
+  updatedAt: Timestamp,
+}
+export const MessageSchema = Type.Object(
+  {
+    id: Type.String({ pattern: '^msg_' }),
+    role: Type.Union([Type.Literal('user'), Type.Literal('assistant')]),
+    content: Type.String({ description: 'For an answer that did not complete: the text produced' }),
+    status: Type.Union(
+      ['streaming', 'complete', 'stopped', 'incomplete', 'error'].map((status) => Type.Literal(status)),
+      { description: 'incomplete: the provider cut the answer (or its server went away); error: no answer' },
+    ),
+    model: Type.Union([Type.String(), Type.Null()]),
+    errorCode: Type.Union([Type.String(), Type.Null()]),
+    createdAt: Timestamp,
+    updatedAt: Timestamp,
+  },
+  { $id: 'ChatMessage', title: 'ChatMessage' },
+)
+export const ConversationSchema = Type.Object(conversationFields, { $id: 'Conversation', title: 'Conversation' })
+export const ConversationWithMessagesSchema = Type.Object(
+  {
+    ...conversationFields,
+    messages: Type.Array(Type.Unsafe(Type.Ref('ChatMessage')), { description: 'The latest 200, oldest first' }),
+  },
+  { $id: 'ConversationWithMessages', title: 'ConversationWithMessages' },
+)
+export const ConversationListSchema = Type.Object(
+  { data: Type.Array(Type.Unsafe(Type.Ref('Conversation'))), nextCursor: Type.Union([Type.String(), Type.Null()]) },
+  { $id: 'ConversationList', title: 'ConversationList' },
+)
+export const StopResultSchema = Type.Object(
+  {
+    messageId: Type.String(),
+    status: Type.String({
+      description: 'stopping: the generating instance was told to stop; otherwise the status the answer already had',
+    }),
+  },
+  { $id: 'StopResult', title: 'StopResult' },
+)
+
+export const conversationSchemas = [
+  MessageSchema,
+  ConversationSchema,
+  ConversationWithMessagesSchema,
+  ConversationListSchema,
+  StopResultSchema,
+]
+
+export const CreateConversationBody = Type.Object(
+  {
+    orgId: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 100, description: "Default: your personal org, or the project's" }),
+    ),
+    projectId: Type.Optional(Type.String({ minLength: 1, maxLength: 100 })),
+    title: Type.Optional(Type.String({ maxLength: 200 })),
+    model: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  },
+  { additionalProperties: false },
+)
+export const SendMessageBody = Type.Object(
+  { content: Type.String({ minLength: 1, maxLength: 10_000 }) },
+  { additionalProperties: false },
+)
+export const ConversationParams = Type.Object(
+  { id: Type.String({ minLength: 1, maxLength: 100 }) },
+  { additionalProperties: false },
+)
+export const ResumeQuery = Type.Object(
+  {
+    lastEventId: Type.Optional(
+      Type.String({
+        maxLength: 100,
+        description: 'Instead of the Last-Event-ID header (for clients that cannot set it)',
+      }),
+    ),
+  },
+  { additionalProperties: false },
+)

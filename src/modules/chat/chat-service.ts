@@ -12,6 +12,9 @@ export interface ContextChunk {
   text: string
   title?: string | undefined
   source?: string | undefined
+  /** For passages retrieved from the project's documents. */
+  documentId?: string | undefined
+  score?: number | undefined
 }
 
 export interface ChatInput {
@@ -35,6 +38,30 @@ export interface Source {
   text: string
   title: string | null
   source: string | null
+  documentId: string | null
+  score: number | null
+}
+
+/** Passages retrieved from a project's documents for each question. */
+const RETRIEVED_PASSAGES = 5
+
+export interface Retrieval {
+  retrieve(
+    projectId: string,
+    query: string,
+    topK: number,
+  ): Promise<{ results: { documentId: string; title: string; text: string; score: number }[] }>
+}
+
+export function sourcesOf(chunks: ContextChunk[]): Source[] {
+  return chunks.map((chunk, i) => ({
+    index: i + 1,
+    text: chunk.text.slice(0, SOURCE_EXCERPT_CHARS),
+    title: chunk.title ?? null,
+    source: chunk.source ?? null,
+    documentId: chunk.documentId ?? null,
+    score: chunk.score ?? null,
+  }))
 }
 
 const INSTRUCTIONS =
@@ -77,6 +104,7 @@ export function createChatService(deps: {
   repository: ChatRepository
   providers: ReadonlyMap<ProviderName, ChatProvider>
   projects: { get(auth: AuthContext, id: string): Promise<{ id: string; orgId: string }> }
+  retrieval?: Retrieval
   config: Pick<
     Config,
     | 'CHAT_DEFAULT_MODEL'
@@ -97,10 +125,13 @@ export function createChatService(deps: {
   const streaming = new Map<string, number>()
 
   /** Everything that can refuse a chat request, checked before any upstream call or any byte of the stream. */
-  async function admit(auth: AuthContext, input: ChatInput) {
+  async function admit(auth: AuthContext, input: Pick<ChatInput, 'projectId' | 'model'>, conversationOrgId?: string) {
     requireScope(auth, 'chat')
     let orgId: string
-    if (input.projectId) {
+    if (conversationOrgId) {
+      orgId = conversationOrgId
+      requireOrgRole(auth, orgId, 'member')
+    } else if (input.projectId) {
       orgId = (await projects.get(auth, input.projectId)).orgId
     } else {
       orgId = orgOrDefault(auth, undefined)
@@ -168,8 +199,33 @@ export function createChatService(deps: {
     }
   }
 
+  /**
+   * The client's passages, then the project's passages that best match the question. Retrieval
+   * failing leaves the answer ungrounded rather than failing it.
+   */
+  async function grounding(projectId: string | null | undefined, question: string, given: ContextChunk[] = []) {
+    if (!projectId || !deps.retrieval) return given
+    try {
+      const { results } = await deps.retrieval.retrieve(projectId, question, RETRIEVED_PASSAGES)
+      return [
+        ...given,
+        ...results.map((result) => ({
+          text: result.text,
+          title: result.title,
+          documentId: result.documentId,
+          score: result.score,
+        })),
+      ]
+    } catch (error) {
+      log.warn({ err: error, projectId }, 'retrieval failed; answering without the project documents')
+      return given
+    }
+  }
+
   return {
     admit,
+    meter,
+    grounding,
 
     /**
      * One answer, streamed: `content` events, then `done` or `error`. Runs until the answer ends
@@ -181,9 +237,13 @@ export function createChatService(deps: {
       admitted: Awaited<ReturnType<typeof admit>>,
       stream: EventStream,
     ) {
-      const chunks = (input.context?.chunks ?? []).map(normaliseChunk)
       const messageId = newId('msg')
       try {
+        const chunks = await grounding(
+          input.projectId,
+          input.message,
+          (input.context?.chunks ?? []).map(normaliseChunk),
+        )
         const result = await generate(
           {
             candidates: admitted.candidates,
@@ -199,12 +259,7 @@ export function createChatService(deps: {
         )
         await meter(auth, admitted.orgId, messageId, result, null)
         if (result.status === 'complete') {
-          const sources: Source[] = chunks.map((chunk, i) => ({
-            index: i + 1,
-            text: chunk.text.slice(0, SOURCE_EXCERPT_CHARS),
-            title: chunk.title ?? null,
-            source: chunk.source ?? null,
-          }))
+          const sources = sourcesOf(chunks)
           stream.send({
             type: 'done',
             messageId,

@@ -1,18 +1,72 @@
 import type { FastifyInstance } from 'fastify'
 import type { Config } from '../../config.js'
-import { createChatRepository } from './chat-repository.js'
+import { createChatRepository, STOP_CHANNEL } from './chat-repository.js'
 import { chatRoutes } from './chat-routes.js'
 import { createChatService } from './chat-service.js'
-import { createProviders } from './providers.js'
+import { conversationsRoutes } from './conversations-routes.js'
+import { createConversationsService } from './conversations-service.js'
+import { createLiveAnswers } from './live.js'
+import { EMBEDDING_DIMENSIONS } from '../../db/schema/index.js'
+import { createDocumentsRepository } from './documents-repository.js'
+import { documentsRoutes } from './documents-routes.js'
+import { createDocumentsService, EMBED_QUEUE } from './documents-service.js'
+import { createEmbedder, createProviders } from './providers.js'
 
-/** AI answers streamed over SSE from the configured providers, metered per org. */
+/** AI answers streamed over SSE from the configured providers, metered per org; resumable conversations. */
 export async function chatModule(app: FastifyInstance, { config }: { config: Config }) {
+  const log = app.log.child({ module: 'chat' })
+  const repository = createChatRepository(app.db)
+  const documents = createDocumentsService({
+    db: app.db,
+    repository: createDocumentsRepository(app.db),
+    embedder: createEmbedder(config, EMBEDDING_DIMENSIONS),
+    jobs: app.jobs,
+    projects: app.projectsService,
+    log,
+  })
+  const embedRetries = 5
+  await app.jobs.define<{ documentId: string }>({
+    name: EMBED_QUEUE,
+    retryLimit: embedRetries,
+    retryDelaySeconds: 10,
+    expireInSeconds: 600,
+    handler: ({ documentId }, job) => documents.embedJob(documentId, job.retryCount, job.retryCount >= embedRetries),
+  })
   const chat = createChatService({
-    repository: createChatRepository(app.db),
+    repository,
     providers: createProviders(config),
     projects: app.projectsService,
+    retrieval: documents,
     config,
-    log: app.log.child({ module: 'chat' }),
+    log,
+  })
+  const live = createLiveAnswers(repository, log)
+  const conversations = createConversationsService({
+    db: app.db,
+    repository,
+    chat,
+    live,
+    projects: app.projectsService,
+    requestStop: (messageId) => repository.notifyStop(messageId),
+    config,
+    log,
   })
   await app.register(chatRoutes(chat, config), { prefix: '/api/v1' })
+  await app.register(conversationsRoutes(conversations, config), { prefix: '/api/v1' })
+  await app.register(documentsRoutes(documents), { prefix: '/api/v1' })
+
+  // A stop request may reach any instance; the one generating the answer hears it here.
+  let unlisten: (() => Promise<void>) | undefined
+  app.addHook('onReady', async () => {
+    unlisten = await app.database.listen(STOP_CHANNEL, {
+      onMessage: (messageId) => live.get(messageId)?.controller.abort(new Error('stopped by the user')),
+      onListening: () => {},
+    })
+  })
+  // Answers in progress end as stopped, and are written, before the database closes.
+  app.addHook('preClose', async () => conversations.drain())
+  app.addHook('onClose', async () => {
+    await unlisten?.()
+    await live.close()
+  })
 }

@@ -151,3 +151,43 @@ export function createProviders(config: Config, keys: ProviderKeys = {}): Map<Pr
   }
   return providers
 }
+
+/** Turns texts into vectors of `dimensions` numbers (cosine similarity compares them). */
+export interface Embedder {
+  readonly model: string
+  embed(texts: string[]): Promise<number[][]>
+}
+
+/**
+ * Embeddings through the OpenAI SDK (or the OpenAI-compatible server), when a key is configured.
+ * The SDK retries rate limits and server errors itself, waiting as `Retry-After` asks.
+ */
+export function createEmbedder(config: Config, dimensions: number, apiKey = config.OPENAI_API_KEY): Embedder | null {
+  if (!apiKey) return null
+  const client = new OpenAI({
+    apiKey,
+    ...(config.OPENAI_BASE_URL ? { baseURL: config.OPENAI_BASE_URL } : {}),
+    maxRetries: 4,
+    timeout: 60_000,
+  })
+  const model = config.EMBEDDINGS_MODEL
+  // Only the text-embedding-3 family can shorten its vectors on request.
+  const askDimensions = /^text-embedding-3/.test(model)
+  return {
+    model,
+    async embed(texts) {
+      const response = await client.embeddings.create({
+        model,
+        input: texts,
+        ...(askDimensions ? { dimensions } : {}),
+      })
+      const vectors = [...response.data].sort((a, b) => a.index - b.index).map((item) => item.embedding)
+      for (const vector of vectors) {
+        if (vector.length !== dimensions) {
+          throw new Error(`${model} returned ${vector.length} dimensions; the index holds ${dimensions}`)
+        }
+      }
+      return vectors
+    },
+  }
+}

@@ -7,7 +7,7 @@ import { createProjectsService } from './projects-service.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** What other modules may ask of projects: one the caller can see (404 otherwise). */
+    /** What other modules may ask of projects: one the caller's orgs own (404 otherwise); scopes are theirs to check. */
     projectsService: { get(auth: AuthContext, id: string): Promise<{ id: string; orgId: string }> }
   }
 }
@@ -23,7 +23,7 @@ async function projects(app: FastifyInstance) {
     outbox: app.outbox,
     orgs: app.orgsService,
   })
-  app.decorate('projectsService', { get: (auth: AuthContext, id: string) => service.get(auth, id) })
+  app.decorate('projectsService', { get: (auth: AuthContext, id: string) => service.visible(auth, id) })
   await app.register(projectsRoutes(service), { prefix: '/api/v1' })
 }
 

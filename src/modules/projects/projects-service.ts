@@ -111,6 +111,16 @@ export function createProjectsService(deps: {
         ip,
       ),
 
+    /**
+     * A project the caller's orgs own, for other modules: they check their own scope (an API key
+     * for documents needs `documents:read`, not `projects:read`).
+     */
+    async visible(auth: AuthContext, id: string) {
+      const project = await repository.find(id, visibleOrgs(auth))
+      if (!project) throw notFound()
+      return project
+    },
+
     async get(auth: AuthContext, id: string) {
       requireScope(auth, 'projects:read')
       const project = await repository.find(id, visibleOrgs(auth))

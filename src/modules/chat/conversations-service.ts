@@ -1,0 +1,402 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { FastifyBaseLogger } from 'fastify'
+import type { Config } from '../../config.js'
+import type { Database } from '../../db/client.js'
+import { timestampCursorParam, toPage } from '../../lib/cursor.js'
+import { newId } from '../../lib/ids.js'
+import { HttpProblem, problems } from '../../lib/problem.js'
+import type { EventStream } from '../../plugins/sse.js'
+import { type AuthContext, orgOrDefault, requireOrgRole, requireScope } from '../auth/authorization.js'
+import type { ChatRepository, ConversationRow, MessageRow } from './chat-repository.js'
+import { type ChatService, sourcesOf, systemPrompt } from './chat-service.js'
+import { generate } from './generation.js'
+import { FLUSH_INTERVAL_MS, type LiveAnswer, type LiveAnswers } from './live.js'
+import type { ChatTurn } from './providers.js'
+
+/** Earlier turns sent with each new message. */
+const HISTORY_TURNS = 50
+/** A streaming message whose heartbeat is older than this lost its process. */
+const ABANDONED_AFTER_MS = 20 * FLUSH_INTERVAL_MS + 5_000
+/** How often a resume served by another instance looks for new events in the log. */
+const POLL_INTERVAL_MS = 250
+const REPLAY_BATCH = 500
+
+/** `Last-Event-ID` of a conversation stream: `<messageId>:<seq>`. */
+export const eventId = (messageId: string, seq: number) => `${messageId}:${seq}`
+
+function parseEventId(value: string | undefined): { messageId: string | null; seq: number } {
+  if (!value) return { messageId: null, seq: 0 }
+  const match = /^(msg_[0-9a-f]{32}):(\d{1,9})$/.exec(value.trim())
+  if (match) return { messageId: match[1] as string, seq: Number(match[2]) }
+  if (/^\d{1,9}$/.test(value.trim())) return { messageId: null, seq: Number(value.trim()) }
+  throw problems.badRequest('INVALID_LAST_EVENT_ID', 'Last-Event-ID must be an event id this stream sent.')
+}
+
+export function presentConversation(row: ConversationRow) {
+  return {
+    id: row.id,
+    orgId: row.orgId,
+    projectId: row.projectId,
+    title: row.title,
+    model: row.model,
+    createdAt: row.createdAt,
+    updatedAt: row.updatedAt,
+  }
+}
+
+export function presentMessage(row: MessageRow) {
+  return {
+    id: row.id,
+    role: row.role,
+    content: row.content,
+    status: row.status,
+    model: row.model,
+    errorCode: row.errorCode,
+    createdAt: row.createdAt,
+    updatedAt: row.updatedAt,
+  }
+}
+
+export function createConversationsService(deps: {
+  db: Database
+  repository: ChatRepository
+  chat: ChatService
+  live: LiveAnswers
+  projects: { get(auth: AuthContext, id: string): Promise<{ id: string; orgId: string }> }
+  /** Tells every instance to stop a message's generation (the one generating it listens). */
+  requestStop(messageId: string): Promise<void>
+  config: Pick<
+    Config,
+    'CHAT_DEFAULT_MODEL' | 'CHAT_FIRST_TOKEN_TIMEOUT_MS' | 'CHAT_IDLE_TIMEOUT_MS' | 'CHAT_MAX_OUTPUT_TOKENS'
+  >
+  log: FastifyBaseLogger
+}) {
+  const { db, repository, chat, live, projects, config, log } = deps
+  const running = new Set<Promise<void>>()
+  const inProgress = () =>
+    new HttpProblem(
+      409,
+      'GENERATION_IN_PROGRESS',
+      'An answer is still being generated in this conversation; resume or stop it first.',
+    )
+
+  async function owned(auth: AuthContext, id: string): Promise<ConversationRow> {
+    requireScope(auth, 'chat')
+    const conversation = await repository.findConversation(id, auth.userId, [...auth.roles.keys()])
+    if (!conversation) throw problems.notFound('Conversation not found.', 'CONVERSATION_NOT_FOUND')
+    return conversation
+  }
+
+  /** Replays the events after `afterSeq` from memory, then hands on each new one until the last. */
+  function watch(answer: LiveAnswer, stream: EventStream, afterSeq: number): Promise<void> {
+    return new Promise((resolve) => {
+      for (let seq = afterSeq + 1; seq <= answer.events.length; seq++) {
+        stream.sendSerialized(answer.events[seq - 1] as string, eventId(answer.messageId, seq))
+      }
+      const watcher = (seq: number, data: string, final: boolean) => {
+        if (seq <= afterSeq) return
+        stream.sendSerialized(data, eventId(answer.messageId, seq))
+        if (final) done()
+      }
+      const done = () => {
+        answer.watchers.delete(watcher)
+        stream.signal.removeEventListener('abort', done)
+        stream.end()
+        resolve()
+      }
+      answer.watchers.add(watcher)
+      stream.signal.addEventListener('abort', done, { once: true })
+    })
+  }
+
+  /** Replays a message's log, following it while another instance still generates it. */
+  async function replayFromLog(message: MessageRow, stream: EventStream, afterSeq: number) {
+    let after = afterSeq
+    for (;;) {
+      if (stream.signal.aborted) return
+      const events = await repository.events(message.id, after, REPLAY_BATCH)
+      for (const event of events) stream.sendSerialized(event.data, eventId(message.id, event.seq))
+      after = events.at(-1)?.seq ?? after
+      if (events.length === REPLAY_BATCH) continue
+      const local = live.get(message.id)
+      if (local) return watch(local, stream, after)
+      const current = await repository.message(message.id, message.conversationId)
+      if (!current || current.status !== 'streaming') {
+        // Ended meanwhile: what it wrote last may have landed after the read above.
+        const rest = await repository.events(message.id, after, REPLAY_BATCH)
+        for (const event of rest) stream.sendSerialized(event.data, eventId(message.id, event.seq))
+        return stream.end()
+      }
+      if (await repository.isAbandoned(message.id, ABANDONED_AFTER_MS)) {
+        await endAbandoned(current)
+        continue
+      }
+      await sleep(POLL_INTERVAL_MS)
+    }
+  }
+
+  /** The process generating it died: the answer ends as incomplete, with an error event in its log. */
+  async function endAbandoned(message: MessageRow) {
+    const data = JSON.stringify({
+      type: 'error',
+      error: 'The answer was interrupted and cannot be resumed.',
+      code: 'STREAM_INTERRUPTED',
+    })
+    await db.transaction(async (tx) => {
+      const events = await repository.events(message.id, 0, 100_000, tx)
+      const seq = (events.at(-1)?.seq ?? 0) + 1
+      const content = events
+        .map((event) => JSON.parse(event.data) as { type: string; content?: string })
+        .filter((event) => event.type === 'content')
+        .map((event) => event.content ?? '')
+        .join('')
+      if (
+        await repository.finishMessage(
+          message.id,
+          { status: 'incomplete', content, model: message.model, errorCode: 'STREAM_INTERRUPTED' },
+          tx,
+        )
+      ) {
+        await repository.appendEvents([{ messageId: message.id, seq, data }], tx)
+      }
+    })
+  }
+
+  /** Generates the answer, independent of any HTTP response, and ends it in one transaction. */
+  async function run(
+    auth: AuthContext,
+    conversation: ConversationRow,
+    answer: LiveAnswer,
+    admitted: Awaited<ReturnType<ChatService['admit']>>,
+    messages: ChatTurn[],
+  ) {
+    try {
+      const question = messages.at(-1)?.content ?? ''
+      const chunks = await chat.grounding(conversation.projectId, question)
+      const result = await generate(
+        {
+          candidates: admitted.candidates,
+          system: systemPrompt(chunks, undefined),
+          messages,
+          maxOutputTokens: config.CHAT_MAX_OUTPUT_TOKENS,
+          firstTokenTimeoutMs: config.CHAT_FIRST_TOKEN_TIMEOUT_MS,
+          idleTimeoutMs: config.CHAT_IDLE_TIMEOUT_MS,
+          signal: answer.controller.signal,
+          onText: (content) => live.emit(answer, { type: 'content', content }),
+        },
+        log,
+      )
+      const usage = {
+        model: result.model,
+        inputTokens: result.inputTokens,
+        outputTokens: result.outputTokens,
+        totalTokens: result.inputTokens + result.outputTokens,
+      }
+      const final =
+        result.status === 'complete' || result.status === 'stopped'
+          ? {
+              type: 'done',
+              messageId: answer.messageId,
+              status: result.status,
+              sources: sourcesOf(chunks),
+              usage,
+              fullContent: result.text,
+            }
+          : {
+              type: 'error',
+              error: result.failure?.message ?? 'The answer failed.',
+              code: result.failure?.code ?? 'UPSTREAM_ERROR',
+            }
+      const finalData = JSON.stringify(final)
+      const finalSeq = answer.events.length + 1
+      try {
+        await db.transaction(async (tx) => {
+          await repository.appendEvents(
+            [...live.unflushed(answer), { messageId: answer.messageId, seq: finalSeq, data: finalData }],
+            tx,
+          )
+          // Gone when its conversation was deleted meanwhile; its usage is recorded all the same.
+          await repository.finishMessage(
+            answer.messageId,
+            {
+              status: result.status,
+              content: result.text,
+              model: result.model,
+              errorCode: result.failure?.code ?? null,
+            },
+            tx,
+          )
+          if (result.provider && result.model) {
+            await repository.recordUsage(
+              {
+                id: answer.messageId,
+                orgId: conversation.orgId,
+                userId: auth.userId,
+                conversationId: conversation.id,
+                provider: result.provider,
+                model: result.model,
+                inputTokens: result.inputTokens,
+                outputTokens: result.outputTokens,
+                estimated: result.estimated,
+                status: result.status,
+              },
+              tx,
+            )
+          }
+        })
+      } catch (error) {
+        // The message stays streaming; once its heartbeat is old, resumes end it as incomplete.
+        log.error({ err: error, messageId: answer.messageId }, 'chat answer could not be recorded')
+      }
+      live.emit(answer, final, true)
+    } finally {
+      live.release(answer)
+      admitted.release()
+    }
+  }
+
+  return {
+    async create(
+      auth: AuthContext,
+      input: {
+        orgId?: string | undefined
+        projectId?: string | undefined
+        title?: string | undefined
+        model?: string | undefined
+      },
+    ) {
+      requireScope(auth, 'chat')
+      let orgId: string
+      if (input.projectId) {
+        orgId = (await projects.get(auth, input.projectId)).orgId
+        if (input.orgId && input.orgId !== orgId) {
+          throw problems.badRequest('ORG_MISMATCH', 'The project belongs to another organization.', [
+            { path: '/body/orgId', message: "must be the project's organization" },
+          ])
+        }
+      } else {
+        orgId = orgOrDefault(auth, input.orgId)
+      }
+      requireOrgRole(auth, orgId, 'member')
+      const row = await repository.createConversation({
+        id: newId('cnv'),
+        orgId,
+        projectId: input.projectId ?? null,
+        createdBy: auth.userId,
+        title: input.title ?? '',
+        model: input.model ?? null,
+      })
+      return presentConversation(row)
+    },
+
+    async list(auth: AuthContext, query: { limit?: number; cursor?: string | undefined }) {
+      requireScope(auth, 'chat')
+      const limit = query.limit ?? 20
+      const before = timestampCursorParam(query.cursor)
+      const rows = await repository.listConversations(auth.userId, [...auth.roles.keys()], limit + 1, before)
+      const { data, nextCursor } = toPage(rows, limit, (row) => ({ k: row.sortKey, id: row.conversation.id }))
+      return { data: data.map((row) => presentConversation(row.conversation)), nextCursor }
+    },
+
+    async get(auth: AuthContext, id: string) {
+      const conversation = await owned(auth, id)
+      const messages = await repository.messages(id, 200)
+      return { ...presentConversation(conversation), messages: messages.map(presentMessage) }
+    },
+
+    async remove(auth: AuthContext, id: string) {
+      const conversation = await owned(auth, id)
+      const latest = await repository.latestAssistantMessage(conversation.id)
+      if (latest?.status === 'streaming') await deps.requestStop(latest.id)
+      await repository.deleteConversation(conversation.id)
+    },
+
+    /** Stores the user's message and streams the answer; the answer goes on if the client leaves. */
+    async send(auth: AuthContext, id: string, content: string, openStream: () => EventStream) {
+      const conversation = await owned(auth, id)
+      const latest = await repository.latestAssistantMessage(conversation.id)
+      if (latest?.status === 'streaming') {
+        if (!(await repository.isAbandoned(latest.id, ABANDONED_AFTER_MS))) throw inProgress()
+        // Its server died: it ends as incomplete before the next turn starts.
+        await endAbandoned(latest)
+      }
+      const admitted = await chat.admit(
+        auth,
+        { projectId: conversation.projectId ?? undefined, model: conversation.model ?? undefined },
+        conversation.orgId,
+      )
+      const assistantMessageId = newId('msg')
+      let answer: LiveAnswer
+      let stream: EventStream
+      let history: ChatTurn[]
+      try {
+        const earlier = await repository.messages(conversation.id, HISTORY_TURNS * 2)
+        history = earlier
+          .filter((message) => message.content !== '')
+          .slice(-HISTORY_TURNS)
+          .map((message) => ({ role: message.role, content: message.content }))
+        const started = await db.transaction((tx) =>
+          repository.startTurn(
+            conversation,
+            {
+              userMessageId: newId('msg'),
+              assistantMessageId,
+              content,
+              model: admitted.candidates[0]?.model ?? config.CHAT_DEFAULT_MODEL,
+            },
+            tx,
+          ),
+        )
+        if (!started) throw inProgress()
+        answer = live.start(assistantMessageId, conversation.id)
+        stream = openStream()
+      } catch (error) {
+        admitted.release()
+        throw error
+      }
+      const generation = run(auth, conversation, answer, admitted, [...history, { role: 'user', content }])
+      running.add(generation)
+      void generation.finally(() => running.delete(generation))
+      await watch(answer, stream, 0)
+    },
+
+    /** The events of the latest answer (or of the one `Last-Event-ID` names) after that id, then the live rest. */
+    async resume(auth: AuthContext, id: string, lastEventId: string | undefined, openStream: () => EventStream) {
+      const conversation = await owned(auth, id)
+      const last = parseEventId(lastEventId)
+      const message = last.messageId
+        ? await repository.message(last.messageId, conversation.id)
+        : await repository.latestAssistantMessage(conversation.id)
+      if (!message || message.role !== 'assistant') {
+        throw problems.notFound('There is no answer to resume in this conversation.', 'MESSAGE_NOT_FOUND')
+      }
+      const stream = openStream()
+      const local = live.get(message.id)
+      if (local) return watch(local, stream, last.seq)
+      await replayFromLog(message, stream, last.seq)
+    },
+
+    /** Stops the answer being generated, wherever it runs; stopping a finished answer changes nothing. */
+    async stop(auth: AuthContext, id: string) {
+      const conversation = await owned(auth, id)
+      const latest = await repository.latestAssistantMessage(conversation.id)
+      if (!latest) throw problems.notFound('There is no answer in this conversation.', 'MESSAGE_NOT_FOUND')
+      if (latest.status !== 'streaming') return { messageId: latest.id, status: latest.status }
+      if (await repository.isAbandoned(latest.id, ABANDONED_AFTER_MS)) {
+        await endAbandoned(latest)
+        return { messageId: latest.id, status: 'incomplete' as const }
+      }
+      live.get(latest.id)?.controller.abort(new Error('stopped by the user'))
+      await deps.requestStop(latest.id)
+      return { messageId: latest.id, status: 'stopping' as const }
+    },
+
+    /** Stops every local answer and waits until each is written (shutdown). */
+    async drain() {
+      live.stopAll()
+      await Promise.allSettled([...running])
+    },
+  }
+}
+
+export type ConversationsService = ReturnType<typeof createConversationsService>
