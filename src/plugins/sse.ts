@@ -54,6 +54,8 @@ function openEventStream(reply: FastifyReply): EventStream {
   }
   // 'close' on the response fires when the connection goes, whether or not we ended it first.
   raw.on('close', finish)
+  // A client that left while the request was being admitted is gone before the stream opens.
+  if (raw.destroyed || reply.request.raw.socket?.destroyed) finish()
   return {
     signal: disconnected.signal,
     send(data, id) {

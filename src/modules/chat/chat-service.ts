@@ -133,6 +133,9 @@ export function createChatService(deps: {
       requireOrgRole(auth, orgId, 'member')
     } else if (input.projectId) {
       orgId = (await projects.get(auth, input.projectId)).orgId
+      // Spending the org's budget, and reading its documents into the prompt, takes a member.
+      requireOrgRole(auth, orgId, 'member')
+      requireScope(auth, 'documents:read')
     } else {
       orgId = orgOrDefault(auth, undefined)
       requireOrgRole(auth, orgId, 'member')

@@ -94,8 +94,8 @@ export function createConversationsService(deps: {
         stream.sendSerialized(answer.events[seq - 1] as string, eventId(answer.messageId, seq))
       }
       const watcher = (seq: number, data: string, final: boolean) => {
-        if (seq <= afterSeq) return
-        stream.sendSerialized(data, eventId(answer.messageId, seq))
+        if (seq > afterSeq) stream.sendSerialized(data, eventId(answer.messageId, seq))
+        // The end ends every watcher, also one that asked to start past it.
         if (final) done()
       }
       const done = () => {
@@ -112,19 +112,26 @@ export function createConversationsService(deps: {
   /** Replays a message's log, following it while another instance still generates it. */
   async function replayFromLog(message: MessageRow, stream: EventStream, afterSeq: number) {
     let after = afterSeq
+    const isFinal = (data: string) => /^\{"type":"(done|error)"/.test(data)
     for (;;) {
       if (stream.signal.aborted) return
       const events = await repository.events(message.id, after, REPLAY_BATCH)
       for (const event of events) stream.sendSerialized(event.data, eventId(message.id, event.seq))
       after = events.at(-1)?.seq ?? after
+      // The log already holds the end (its transaction committed before the instance said so).
+      if (events.some((event) => isFinal(event.data))) return stream.end()
       if (events.length === REPLAY_BATCH) continue
       const local = live.get(message.id)
       if (local) return watch(local, stream, after)
       const current = await repository.message(message.id, message.conversationId)
       if (!current || current.status !== 'streaming') {
         // Ended meanwhile: what it wrote last may have landed after the read above.
-        const rest = await repository.events(message.id, after, REPLAY_BATCH)
-        for (const event of rest) stream.sendSerialized(event.data, eventId(message.id, event.seq))
+        for (;;) {
+          const rest = await repository.events(message.id, after, REPLAY_BATCH)
+          for (const event of rest) stream.sendSerialized(event.data, eventId(message.id, event.seq))
+          after = rest.at(-1)?.seq ?? after
+          if (rest.length < REPLAY_BATCH) break
+        }
         return stream.end()
       }
       if (await repository.isAbandoned(message.id, ABANDONED_AFTER_MS)) {
@@ -268,6 +275,8 @@ export function createConversationsService(deps: {
       requireScope(auth, 'chat')
       let orgId: string
       if (input.projectId) {
+        // Its answers read the project's documents into their prompts.
+        requireScope(auth, 'documents:read')
         orgId = (await projects.get(auth, input.projectId)).orgId
         if (input.orgId && input.orgId !== orgId) {
           throw problems.badRequest('ORG_MISMATCH', 'The project belongs to another organization.', [
@@ -373,7 +382,14 @@ export function createConversationsService(deps: {
       const stream = openStream()
       const local = live.get(message.id)
       if (local) return watch(local, stream, last.seq)
-      await replayFromLog(message, stream, last.seq)
+      try {
+        await replayFromLog(message, stream, last.seq)
+      } catch (error) {
+        // The response is already a stream: the failure is its last event, never a hanging connection.
+        log.error({ err: error, messageId: message.id }, 'resuming an answer failed')
+        stream.send({ type: 'error', error: 'The answer could not be resumed; try again.', code: 'RESUME_FAILED' })
+        stream.end()
+      }
     },
 
     /** Stops the answer being generated, wherever it runs; stopping a finished answer changes nothing. */

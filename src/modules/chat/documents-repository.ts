@@ -133,7 +133,11 @@ export function createDocumentsRepository(db: Executor) {
       topK: number,
       tx: Executor = db,
     ): Promise<RankedChunk[]> {
-      const result = await tx.execute(sql`
+      // The HNSW index filters by project after its search: look wider than the 50 kept, so a small
+      // project among large ones still finds its nearest passages.
+      const result = await tx.transaction(async (inner) => {
+        await inner.execute(sql`set local hnsw.ef_search = 400`)
+        return inner.execute(sql`
         with q as (select websearch_to_tsquery('english', ${query}) as q),
         keyword as (
           select c.id, row_number() over (order by ts_rank_cd(c.tsv, q.q) desc, c.id) as rank
@@ -165,6 +169,7 @@ export function createDocumentsRepository(db: Executor) {
         order by f.score desc, c.id
         limit ${topK}
       `)
+      })
       return rowsOf(result)
     },
   }

@@ -1,4 +1,6 @@
+import Anthropic from '@anthropic-ai/sdk'
 import type { FastifyBaseLogger } from 'fastify'
+import OpenAI from 'openai'
 import { type ChatProvider, type ChatTurn, type ProviderName, providerOf } from './providers.js'
 
 /** How an answer ended. */
@@ -49,22 +51,30 @@ class CutShort extends Error {
  */
 async function* untilAborted<T>(source: AsyncIterable<T>, signal: AbortSignal): AsyncGenerator<T> {
   const iterator = source[Symbol.asyncIterator]()
-  let onAbort: (() => void) | undefined
-  const aborted = new Promise<never>((_, reject) => {
-    onAbort = () => reject(signal.reason)
-    if (signal.aborted) onAbort()
-    else signal.addEventListener('abort', onAbort, { once: true })
-  })
-  // Never unhandled: a rejection nobody waits for any more is expected once iteration is over.
-  aborted.catch(() => {})
+  /** The next item, or the abort: a fresh listener per item, removed once it settles (no growth per token). */
+  const next = () =>
+    new Promise<IteratorResult<T>>((resolve, reject) => {
+      if (signal.aborted) return reject(signal.reason)
+      const onAbort = () => reject(signal.reason)
+      signal.addEventListener('abort', onAbort, { once: true })
+      iterator.next().then(
+        (result) => {
+          signal.removeEventListener('abort', onAbort)
+          resolve(result)
+        },
+        (error: unknown) => {
+          signal.removeEventListener('abort', onAbort)
+          reject(error)
+        },
+      )
+    })
   try {
     for (;;) {
-      const next = await Promise.race([iterator.next(), aborted])
-      if (next.done) return
-      yield next.value
+      const item = await next()
+      if (item.done) return
+      yield item.value
     }
   } finally {
-    if (onAbort) signal.removeEventListener('abort', onAbort)
     // Lets the SDK release its connection; not awaited, since it may be the part that hangs.
     void Promise.resolve(iterator.return?.()).catch(() => {})
   }
@@ -89,10 +99,14 @@ function statusOf(error: unknown): number | undefined {
 function worthFallingBack(error: unknown): boolean {
   // A stream that ended before its first token produced nothing: as good as a refused request.
   if (error instanceof TimeoutAbort || error instanceof CutShort) return true
+  if (error instanceof OpenAI.APIConnectionError || error instanceof Anthropic.APIConnectionError) return true
   const status = statusOf(error)
   if (status === undefined) {
-    const name = (error as { name?: string } | null)?.name ?? ''
-    return /Connection|Timeout/i.test(name) || error instanceof TypeError
+    // An error event inside a stream that began with 200 (Anthropic's overloaded_error) has no status.
+    const type = (error as { error?: { error?: { type?: unknown }; type?: unknown } } | null)?.error
+    const kind = String(type?.error?.type ?? type?.type ?? '')
+    if (/overloaded|api_error|rate_limit/.test(kind)) return true
+    return error instanceof TypeError
   }
   return status === 408 || status === 409 || status === 429 || status >= 500
 }
@@ -170,8 +184,10 @@ export async function generate(request: GenerationRequest, log: FastifyBaseLogge
         }
         started = true
         arm('idle', request.idleTimeoutMs)
-        text += event.text
-        request.onText(event.text)
+        // PostgreSQL text cannot hold NUL: one in a model's output would make the answer unstorable.
+        const piece = event.text.replaceAll('\u0000', '\uFFFD')
+        text += piece
+        request.onText(piece)
       }
       if (!finished) throw new CutShort()
       return result('complete', null)
