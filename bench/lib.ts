@@ -11,6 +11,8 @@ export const SERVERS = {
   bare: fileURLToPath(new URL('./servers/bare.ts', import.meta.url)),
   app: fileURLToPath(new URL('./servers/app.ts', import.meta.url)),
   'bare-pg': fileURLToPath(new URL('./servers/bare-pg.ts', import.meta.url)),
+  relay: fileURLToPath(new URL('./servers/relay.ts', import.meta.url)),
+  'fake-llm': fileURLToPath(new URL('./servers/fake-llm.ts', import.meta.url)),
 } as const
 export type ServerName = keyof typeof SERVERS
 
@@ -108,20 +110,31 @@ function tsxLoader(): string {
 
 export interface RunningServer {
   baseUrl: string
+  /** The server's own process (taskset execs node in place), e.g. to read its memory from /proc. */
+  pid: number
   stop(): Promise<void>
 }
 
-/** Starts a server script on a free port, pinned to the server CPU, and waits for its READY line. */
-export async function startServer(name: ServerName, env: Record<string, string> = {}): Promise<RunningServer> {
+/**
+ * Starts a server script on a free port and waits for its READY line. It is pinned to the server
+ * CPU, the one under measurement, unless `cpu` is 'load': stand-ins for the outside world (a fake
+ * upstream) run beside the load generator instead.
+ */
+export async function startServer(
+  name: ServerName,
+  env: Record<string, string> = {},
+  options: { cpu?: 'server' | 'load' } = {},
+): Promise<RunningServer> {
   const node = [process.execPath, '--import', tsxLoader(), SERVERS[name]]
-  const [command, ...args] = canPin() ? ['taskset', '--cpu-list', String(SERVER_CPU), ...node] : node
+  const cpu = options.cpu === 'load' ? LOAD_CPU : SERVER_CPU
+  const [command, ...args] = canPin() ? ['taskset', '--cpu-list', String(cpu), ...node] : node
   // stderr is inherited so a crash or warning is visible as it happens.
   const child = spawn(command as string, args, {
     env: { ...process.env, ...env, PORT: '0' },
     stdio: ['ignore', 'pipe', 'inherit'],
   })
   const port = await waitForReady(name, child)
-  return { baseUrl: `http://127.0.0.1:${port}`, stop: () => stopServer(child) }
+  return { baseUrl: `http://127.0.0.1:${port}`, pid: child.pid ?? 0, stop: () => stopServer(child) }
 }
 
 function waitForReady(name: string, child: ChildProcess): Promise<number> {

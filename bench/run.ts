@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import Stripe from 'stripe'
+import { chatStreamBenchmarks } from './chat.js'
 import { type Endpoint, formatTable, measure, pinLoadGenerator, type Scenario, startServer, warnIfBusy } from './lib.js'
 import { PROJECT_COUNT, type PostgresFixture, postgresFixture, signUp, UNLIMITED } from './postgres-fixture.js'
 import { webhookBenchmarks } from './webhooks.js'
@@ -11,6 +12,7 @@ import { webhookBenchmarks } from './webhooks.js'
  *
  *   npm run bench                    10 s per run
  *   BENCH_DURATION=5 npm run bench   5 s per run
+ *   BENCH_ONLY=chat-streams npm run bench   2,000 chat streams at once (bench/chat.ts)
  */
 const SCENARIOS: Scenario[] = [
   {
@@ -80,7 +82,7 @@ function postgresScenarios(fixture: PostgresFixture): Scenario[] {
     },
   ]
 }
-const POSTGRES_SCENARIOS = ['project-get', 'project-list', 'stripe-ingest', 'webhooks']
+const POSTGRES_SCENARIOS = ['project-get', 'project-list', 'stripe-ingest', 'webhooks', 'chat-streams']
 
 const STRIPE_SECRET = 'whsec_benchmark'
 
@@ -180,15 +182,22 @@ async function main() {
   }
   try {
     await warnIfBusy()
-    console.log(
-      `warmup ${WARMUP_SECONDS} s, measure ${seconds} s, ${CONNECTIONS} connections, pipelining ${PIPELINING}, ` +
-        `${ROUNDS} rounds, best run of each side counts\n`,
-    )
+    if (scenarios.length > 0) {
+      console.log(
+        `warmup ${WARMUP_SECONDS} s, measure ${seconds} s, ${CONNECTIONS} connections, pipelining ${PIPELINING}, ` +
+          `${ROUNDS} rounds, best run of each side counts\n`,
+      )
+    }
     const verdicts = await runScenarios(scenarios, seconds)
     // Outbound webhooks change the fixture (endpoints, deliveries), so they run last.
     if (fixture && wanted('webhooks')) {
       console.log()
       verdicts.push(...(await webhookBenchmarks(fixture, seconds)))
+    }
+    // Streamed chat: a burst of concurrent conversation streams, not a duration; adds conversations.
+    if (fixture && wanted('chat-streams')) {
+      console.log()
+      verdicts.push(...(await chatStreamBenchmarks(fixture)))
     }
     console.log()
     for (const verdict of verdicts) console.log(verdict)

@@ -32,5 +32,8 @@ process.once('SIGTERM', () => {
   )
 })
 
-await app.listen({ host: '127.0.0.1', port: config.PORT })
+// Node's accept queue holds 511 connections; a burst of thousands at once needs a deeper one
+// (BENCH_LISTEN_BACKLOG), or the kernel drops connections and clients retry a second later.
+const backlog = process.env.BENCH_LISTEN_BACKLOG ? { backlog: Number(process.env.BENCH_LISTEN_BACKLOG) } : {}
+await app.listen({ host: '127.0.0.1', port: config.PORT, ...backlog })
 process.stdout.write(`READY ${(app.server.address() as AddressInfo).port}\n`)
