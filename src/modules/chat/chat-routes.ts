@@ -1,4 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
 import type { Config } from '../../config.js'
 import { ProblemResponse } from '../../lib/problem.js'
@@ -13,6 +14,16 @@ const errors = {
   403: ProblemResponse,
   404: ProblemResponse,
   429: ProblemResponse,
+}
+
+/** Per user (after authentication), not per address: the seed's 10 per minute. Every chat route uses it. */
+export function chatRateLimit(config: Pick<Config, 'CHAT_RATE_LIMIT_PER_MINUTE'>) {
+  return {
+    max: config.CHAT_RATE_LIMIT_PER_MINUTE,
+    timeWindow: 60_000,
+    hook: 'preHandler' as const,
+    keyGenerator: (request: FastifyRequest) => (request.auth ? `chat:${request.auth.userId}` : `chat-ip:${request.ip}`),
+  }
 }
 
 /** One-shot chat and the usage report. */
@@ -43,13 +54,7 @@ export function chatRoutes(
           },
         },
         config: {
-          // Per user (after authentication), not per address: the seed's 10 per minute.
-          rateLimit: {
-            max: config.CHAT_RATE_LIMIT_PER_MINUTE,
-            timeWindow: 60_000,
-            hook: 'preHandler',
-            keyGenerator: (request) => (request.auth ? `chat:${request.auth.userId}` : `chat-ip:${request.ip}`),
-          },
+          rateLimit: chatRateLimit(config),
         },
       },
       async (request, reply) => {

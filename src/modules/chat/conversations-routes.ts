@@ -11,6 +11,7 @@ import {
   ResumeQuery,
   SendMessageBody,
 } from './chat-schemas.js'
+import { chatRateLimit } from './chat-routes.js'
 import type { ConversationsService } from './conversations-service.js'
 
 const ref = (id: string) => Type.Unsafe(Type.Ref(id))
@@ -119,12 +120,7 @@ export function conversationsRoutes(
           },
         },
         config: {
-          rateLimit: {
-            max: config.CHAT_RATE_LIMIT_PER_MINUTE,
-            timeWindow: 60_000,
-            hook: 'preHandler',
-            keyGenerator: (request) => (request.auth ? `chat:${request.auth.userId}` : `chat-ip:${request.ip}`),
-          },
+          rateLimit: chatRateLimit(config),
         },
       },
       async (request, reply) => {

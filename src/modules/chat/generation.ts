@@ -51,30 +51,23 @@ class CutShort extends Error {
  */
 async function* untilAborted<T>(source: AsyncIterable<T>, signal: AbortSignal): AsyncGenerator<T> {
   const iterator = source[Symbol.asyncIterator]()
-  /** The next item, or the abort: a fresh listener per item, removed once it settles (no growth per token). */
-  const next = () =>
-    new Promise<IteratorResult<T>>((resolve, reject) => {
-      if (signal.aborted) return reject(signal.reason)
-      const onAbort = () => reject(signal.reason)
-      signal.addEventListener('abort', onAbort, { once: true })
-      iterator.next().then(
-        (result) => {
-          signal.removeEventListener('abort', onAbort)
-          resolve(result)
-        },
-        (error: unknown) => {
-          signal.removeEventListener('abort', onAbort)
-          reject(error)
-        },
-      )
-    })
+  // One listener for the whole stream; it rejects whichever item is awaited when the abort comes.
+  let rejectWaiting: ((reason: unknown) => void) | null = null
+  const onAbort = () => rejectWaiting?.(signal.reason)
+  signal.addEventListener('abort', onAbort, { once: true })
   try {
     for (;;) {
-      const item = await next()
+      if (signal.aborted) throw signal.reason
+      const item = await new Promise<IteratorResult<T>>((resolve, reject) => {
+        rejectWaiting = reject
+        iterator.next().then(resolve, reject)
+      })
+      rejectWaiting = null
       if (item.done) return
       yield item.value
     }
   } finally {
+    signal.removeEventListener('abort', onAbort)
     // Lets the SDK release its connection; not awaited, since it may be the part that hangs.
     void Promise.resolve(iterator.return?.()).catch(() => {})
   }

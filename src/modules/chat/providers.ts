@@ -106,20 +106,15 @@ export function anthropicProvider(client: Anthropic): ChatProvider {
   }
 }
 
-export interface ProviderKeys {
-  openai?: string | undefined
-  anthropic?: string | undefined
-}
-
 /**
  * The providers this server can call, each built only when its key is configured: a provider
  * without a key is simply unavailable. The SDKs retry a little themselves (bounded); falling back
  * to another model is the generation's job.
  */
-export function createProviders(config: Config, keys: ProviderKeys = {}): Map<ProviderName, ChatProvider> {
+export function createProviders(config: Config): Map<ProviderName, ChatProvider> {
   const providers = new Map<ProviderName, ChatProvider>()
-  const openaiKey = keys.openai ?? config.OPENAI_API_KEY
-  const anthropicKey = keys.anthropic ?? config.ANTHROPIC_API_KEY
+  const openaiKey = config.OPENAI_API_KEY
+  const anthropicKey = config.ANTHROPIC_API_KEY
   // The SDK's own timeout is a backstop; first-token and idle timeouts are enforced by the caller.
   const timeout = config.CHAT_FIRST_TOKEN_TIMEOUT_MS + 10 * 60 * 1000
   if (openaiKey) {
