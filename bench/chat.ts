@@ -559,7 +559,7 @@ async function checkLog(fixture: PostgresFixture, requests: StreamRequest[], str
   try {
     const { rows } = await db.query<{ complete: string; events: string }>(
       `select count(*) filter (where m.status = 'complete') as complete,
-              (select count(*) from chat_message_events e
+              (select sum(e.last_seq - e.seq + 1) from chat_message_events e
                  join chat_messages a on a.id = e.message_id
                 where a.conversation_id = any($1)) as events
          from chat_messages m

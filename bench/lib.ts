@@ -125,7 +125,9 @@ export async function startServer(
   env: Record<string, string> = {},
   options: { cpu?: 'server' | 'load' } = {},
 ): Promise<RunningServer> {
-  const node = [process.execPath, '--import', tsxLoader(), SERVERS[name]]
+  // BENCH_CPU_PROFILE=<dir>: each server writes a V8 CPU profile there when it stops (Chrome DevTools opens it).
+  const profile = process.env.BENCH_CPU_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROFILE}`] : []
+  const node = [process.execPath, ...profile, '--import', tsxLoader(), SERVERS[name]]
   const cpu = options.cpu === 'load' ? LOAD_CPU : SERVER_CPU
   const [command, ...args] = canPin() ? ['taskset', '--cpu-list', String(cpu), ...node] : node
   // stderr is inherited so a crash or warning is visible as it happens.

@@ -1,15 +1,15 @@
 import type { AddressInfo } from 'node:net'
-import { asc, eq, sql } from 'drizzle-orm'
+import { eq, sql } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { buildApp } from '../../src/app.js'
-import { chatMessageEvents, chatMessages } from '../../src/db/schema/index.js'
+import { chatMessages } from '../../src/db/schema/index.js'
 import { STOP_CHANNEL } from '../../src/modules/chat/chat-repository.js'
 import { engine, postgresForTest, testConfig } from '../helper.js'
 import { type Account, account, assertProblem, callAs, type Test } from '../auth/support.js'
 import { startFakeOpenAI } from '../fakes/openai.js'
 import { createPostgresDatabase, freshPglite } from '../support/databases.js'
-import { checkConversationStream, defaultText, LiveStream, splitEventId, usageRowsOf } from './support.js'
+import { checkConversationStream, defaultText, LiveStream, splitEventId, storedEvents, usageRowsOf } from './support.js'
 
 /**
  * Conversations served by two instances of the app on one database: an answer generated on A is
@@ -86,14 +86,6 @@ const resumeOn = (origin: string, who: Pick<Account, 'headers'>, id: string, las
 async function storedMessage(app: FastifyInstance, id: string) {
   const [row] = await app.db.select().from(chatMessages).where(eq(chatMessages.id, id))
   return row
-}
-
-function storedEvents(app: FastifyInstance, messageId: string) {
-  return app.db
-    .select({ seq: chatMessageEvents.seq, data: chatMessageEvents.data })
-    .from(chatMessageEvents)
-    .where(eq(chatMessageEvents.messageId, messageId))
-    .orderBy(asc(chatMessageEvents.seq))
 }
 
 t.test(`an answer generated on A is resumed through B (${engine})`, async (t) => {

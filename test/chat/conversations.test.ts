@@ -1,9 +1,9 @@
 import type { AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { and, asc, eq, gt, sql } from 'drizzle-orm'
+import { eq, sql } from 'drizzle-orm'
 import type { LightMyRequestResponse } from 'fastify'
 import t from 'tap'
-import { chatMessageEvents, chatMessages } from '../../src/db/schema/index.js'
+import { chatMessages } from '../../src/db/schema/index.js'
 import { buildTestApp, eventually } from '../helper.js'
 import {
   type Account,
@@ -26,6 +26,8 @@ import {
   parseSse,
   type SseEvent,
   splitEventId,
+  storedEvents as storedEventsOf,
+  truncateLog,
   usageRowsOf,
 } from './support.js'
 
@@ -139,14 +141,8 @@ function liveResume(who: Pick<Account, 'headers'>, id: string, lastEventId?: str
   })
 }
 
-/** The log of one answer, as stored. */
-function storedEvents(messageId: string) {
-  return app.db
-    .select({ seq: chatMessageEvents.seq, data: chatMessageEvents.data })
-    .from(chatMessageEvents)
-    .where(eq(chatMessageEvents.messageId, messageId))
-    .orderBy(asc(chatMessageEvents.seq))
-}
+/** The log of one answer, as stored, one entry per event. */
+const storedEvents = (messageId: string) => storedEventsOf(app, messageId)
 
 async function storedMessage(id: string) {
   const [row] = await app.db.select().from(chatMessages).where(eq(chatMessages.id, id))
@@ -852,9 +848,7 @@ t.test('an answer cut by the provider ends as incomplete, and replays the same w
  * streaming, no content yet, a heartbeat an hour old, the rest of the log never written.
  */
 async function abandon(messageId: string, kept: number) {
-  await app.db
-    .delete(chatMessageEvents)
-    .where(and(eq(chatMessageEvents.messageId, messageId), gt(chatMessageEvents.seq, kept)))
+  await truncateLog(app, messageId, kept)
   await app.db
     .update(chatMessages)
     .set({ status: 'streaming', content: '', errorCode: null, heartbeatAt: sql`now() - interval '1 hour'` })

@@ -1,6 +1,6 @@
-import { asc, eq } from 'drizzle-orm'
+import { and, asc, eq, gt, lte, sql } from 'drizzle-orm'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { chatUsage } from '../../src/db/schema/index.js'
+import { chatMessageEvents, chatUsage } from '../../src/db/schema/index.js'
 import type { Test } from '../auth/support.js'
 
 /** One Server-Sent Event as the chat stream frames it: an `id:` and one JSON object on `data:`. */
@@ -305,4 +305,43 @@ export class LiveStream {
     }
     this.events.push(...this.parser.push(this.decoder.decode(result.value, { stream: true })))
   }
+}
+
+/**
+ * The event log of one answer, one entry per event. The log keeps consecutive events per row
+ * (`seq` to `lastSeq`, one JSON per line); rows that overlap, leave a gap or disagree with their
+ * line count fail here, so every test reading the log checks its shape too.
+ */
+export async function storedEvents(app: FastifyInstance, messageId: string): Promise<{ seq: number; data: string }[]> {
+  const rows = await app.db
+    .select({ seq: chatMessageEvents.seq, lastSeq: chatMessageEvents.lastSeq, data: chatMessageEvents.data })
+    .from(chatMessageEvents)
+    .where(eq(chatMessageEvents.messageId, messageId))
+    .orderBy(asc(chatMessageEvents.seq))
+  const events: { seq: number; data: string }[] = []
+  for (const row of rows) {
+    const lines = row.data.split('\n')
+    const expected = (events.at(-1)?.seq ?? 0) + 1
+    if (row.seq !== expected || row.lastSeq !== row.seq + lines.length - 1) {
+      throw new Error(
+        `log row ${row.seq}-${row.lastSeq} of ${messageId} holds ${lines.length} events, expected from ${expected}`,
+      )
+    }
+    lines.forEach((data, i) => events.push({ seq: row.seq + i, data }))
+  }
+  return events
+}
+
+/** Cuts an answer's log after its first `kept` events, as if the rest had never been written. */
+export async function truncateLog(app: FastifyInstance, messageId: string, kept: number): Promise<void> {
+  const of = eq(chatMessageEvents.messageId, messageId)
+  await app.db.delete(chatMessageEvents).where(and(of, gt(chatMessageEvents.seq, kept)))
+  // The row that holds event `kept` keeps its lines up to it.
+  await app.db
+    .update(chatMessageEvents)
+    .set({
+      lastSeq: kept,
+      data: sql`array_to_string((string_to_array(${chatMessageEvents.data}, E'\n'))[1:${kept} - ${chatMessageEvents.seq} + 1], E'\n')`,
+    })
+    .where(and(of, lte(chatMessageEvents.seq, kept), gt(chatMessageEvents.lastSeq, kept)))
 }

@@ -1,5 +1,5 @@
 import { and, asc, desc, eq, gt, gte, inArray, lt, or, sql } from 'drizzle-orm'
-import type { Executor } from '../../db/client.js'
+import type { Database, Executor } from '../../db/client.js'
 import { chatMessageEvents, chatMessages, chatUsage, conversations } from '../../db/schema/index.js'
 import type { Cursor } from '../../lib/cursor.js'
 
@@ -11,15 +11,92 @@ export type ConversationRow = typeof conversations.$inferSelect
 export type MessageRow = typeof chatMessages.$inferSelect
 export type MessageStatus = MessageRow['status']
 
-/** One stream event as the log keeps it: its number within the message and its JSON. */
+/** One stream event of an answer: its number within the message and its JSON. */
 export interface LoggedEvent {
   messageId: string
   seq: number
   data: string
 }
 
+/** Consecutive events of one answer, `seq` to `lastSeq`, written as one row: their JSON, one per line. */
+export interface EventBatch {
+  messageId: string
+  seq: number
+  lastSeq: number
+  data: string
+}
+
+/** Everything the end of an answer writes: its last events, the message's final state, its usage. */
+export interface AnswerEnding {
+  events: EventBatch
+  message: {
+    id: string
+    status: Exclude<MessageStatus, 'streaming'>
+    content: string
+    model: string | null
+    errorCode: string | null
+  }
+  usage: UsageRow | null
+}
+
+/** A new turn of a conversation: the user's message and the assistant's answer, streaming. */
+export interface NewTurn {
+  conversationId: string
+  userMessageId: string
+  assistantMessageId: string
+  content: string
+  model: string
+  /** The conversation's title if it has none yet. */
+  title: string
+}
+
+/** What starting a turn needs to know about the conversation, read in one round trip. */
+export interface TurnContext {
+  conversation: ConversationRow
+  /** The answer being generated, if one is; `abandoned` when its process stopped renewing it. */
+  streaming: { id: string; abandoned: boolean } | null
+  /** The latest turns with text, oldest first. */
+  history: { role: 'user' | 'assistant'; content: string }[]
+}
+
+const rowsOf = <T>(result: unknown): T[] =>
+  (Array.isArray(result) ? result : ((result as { rows?: unknown[] }).rows ?? [])) as T[]
+
 /** The only code that touches the chat tables. */
-export function createChatRepository(db: Executor) {
+export function createChatRepository(db: Database) {
+  // Prepared once: it runs for every message sent, and building it from scratch costs more than
+  // the database takes to run it. The subqueries name the outer table in full, since Drizzle
+  // leaves a single table's columns unqualified.
+  const turnContext = db
+    .select({
+      conversation: conversations,
+      streaming: sql<TurnContext['streaming']>`(
+        select json_build_object(
+          'id', m.id,
+          'abandoned', m.heartbeat_at < now() - ${sql.placeholder('staleMs')}::integer * interval '1 millisecond')
+        from chat_messages m
+        where m.conversation_id = conversations.id and m.status = 'streaming'
+        limit 1)`,
+      history: sql<TurnContext['history'] | null>`(
+        select json_agg(json_build_object('role', t.role, 'content', t.content) order by t.created_at, t.id)
+        from (
+          select h.role, h.content, h.created_at, h.id
+          from chat_messages h
+          where h.conversation_id = conversations.id and h.content <> ''
+          order by h.created_at desc, h.id desc
+          limit ${sql.placeholder('historyTurns')}::integer
+        ) t)`,
+    })
+    .from(conversations)
+    .where(
+      and(
+        eq(conversations.id, sql.placeholder('id')),
+        eq(conversations.createdBy, sql.placeholder('userId')),
+        sql`${conversations.orgId} = any(${sql.placeholder('orgIds')})`,
+      ),
+    )
+    .prepare('chat_turn_context')
+
   return {
     /** Once per answer: the id is the answer's message id, so a second write of it changes nothing. */
     async recordUsage(row: UsageRow, tx: Executor = db): Promise<void> {
@@ -123,85 +200,143 @@ export function createChatRepository(db: Executor) {
     },
 
     /**
-     * The user's message and the assistant's, streaming, in one transaction; the conversation
-     * becomes the latest. Under a lock on the conversation: of two turns started at once, the second
-     * finds the first's answer streaming and gets false.
+     * The caller's conversation, whether an answer is streaming in it, and its latest
+     * `historyTurns` turns with text, in one round trip; null when the conversation is not theirs.
      */
-    async startTurn(
-      conversation: ConversationRow,
-      turn: { userMessageId: string; assistantMessageId: string; content: string; model: string },
-      tx: Executor,
-    ): Promise<boolean> {
-      await tx
-        .select({ id: conversations.id })
-        .from(conversations)
-        .where(eq(conversations.id, conversation.id))
-        .for('update')
-      const [streaming] = await tx
-        .select({ id: chatMessages.id })
-        .from(chatMessages)
-        .where(and(eq(chatMessages.conversationId, conversation.id), eq(chatMessages.status, 'streaming')))
-        .limit(1)
-      if (streaming) return false
-      await tx.insert(chatMessages).values([
-        {
-          id: turn.userMessageId,
-          conversationId: conversation.id,
-          role: 'user',
-          content: turn.content,
-          status: 'complete',
-        },
-        {
-          id: turn.assistantMessageId,
-          conversationId: conversation.id,
-          role: 'assistant',
-          status: 'streaming',
-          model: turn.model,
-          heartbeatAt: sql`now()`,
-          // After the user's message, even within the same microsecond.
-          createdAt: sql`now() + interval '1 microsecond'`,
-        },
-      ])
-      await tx
-        .update(conversations)
-        .set({
-          updatedAt: sql`now()`,
-          // Cut on whole characters: half an emoji would be stored as U+FFFD.
-          ...(conversation.title === '' ? { title: [...turn.content].slice(0, 80).join('') } : {}),
-        })
-        .where(eq(conversations.id, conversation.id))
-      return true
+    async turnContext(
+      id: string,
+      userId: string,
+      orgIds: string[],
+      options: { staleMs: number; historyTurns: number },
+    ): Promise<TurnContext | null> {
+      if (orgIds.length === 0) return null
+      const [row] = await turnContext.execute({ id, userId, orgIds, ...options })
+      if (!row) return null
+      return { conversation: row.conversation, streaming: row.streaming ?? null, history: row.history ?? [] }
     },
 
-    /** Appends events in one statement with one parameter, whatever their number. */
-    async appendEvents(events: LoggedEvent[], tx: Executor = db): Promise<void> {
-      if (events.length === 0) return
+    /**
+     * Stores the user's message and the assistant's, streaming, and makes the conversation the
+     * latest, in one statement. False when an answer is streaming in the conversation already
+     * (a unique index admits one per conversation, so of two turns started at once one loses).
+     */
+    async startTurn(turn: NewTurn, tx: Executor = db): Promise<boolean> {
+      const result = await tx.execute(sql`
+        with answer as (
+          insert into chat_messages (id, conversation_id, role, content, status, model, heartbeat_at, created_at)
+          -- After the user's message, even within the same microsecond.
+          values (${turn.assistantMessageId}, ${turn.conversationId}, 'assistant', '', 'streaming', ${turn.model},
+                  now(), now() + interval '1 microsecond')
+          on conflict (conversation_id) where status = 'streaming' do nothing
+          returning conversation_id
+        ), question as (
+          insert into chat_messages (id, conversation_id, role, content, status)
+          select ${turn.userMessageId}, conversation_id, 'user', ${turn.content}, 'complete' from answer
+        )
+        update conversations
+        set updated_at = now(), title = case when title = '' then ${turn.title} else title end
+        where id = (select conversation_id from answer)
+        returning id
+      `)
+      return rowsOf(result).length > 0
+    },
+
+    /**
+     * Appends batches of events and renews the heartbeat of `streamingIds`, in one statement,
+     * whatever their number. A message deleted meanwhile (its conversation was) is skipped.
+     */
+    async writeLog(batches: EventBatch[], streamingIds: string[], tx: Executor = db): Promise<void> {
+      if (batches.length === 0 && streamingIds.length === 0) return
       await tx.execute(sql`
-        insert into chat_message_events (message_id, seq, data)
-        select e.message_id, e.seq, e.data
-        from jsonb_to_recordset(${JSON.stringify(events.map((event) => ({ message_id: event.messageId, seq: event.seq, data: event.data })))}::jsonb)
-          as e(message_id text, seq int, data text)
-        -- A message deleted meanwhile (its conversation was) must not fail the others' events.
-        where exists (select 1 from chat_messages m where m.id = e.message_id)
+        with logged as (
+          insert into chat_message_events (message_id, seq, last_seq, data)
+          select b.message_id, b.seq, b.last_seq, b.data
+          from jsonb_to_recordset(${JSON.stringify(batches.map(batchRecord))}::jsonb)
+            as b(message_id text, seq int, last_seq int, data text)
+          where exists (select 1 from chat_messages m where m.id = b.message_id)
+          on conflict do nothing
+        )
+        update chat_messages set heartbeat_at = now()
+        where id in (select jsonb_array_elements_text(${JSON.stringify(streamingIds)}::jsonb)) and status = 'streaming'
+      `)
+    },
+
+    /**
+     * Ends answers in one statement: their last events, their messages' final state (only if
+     * still streaming) and their usage (once per answer, also when the message was deleted).
+     */
+    async endAnswers(endings: AnswerEnding[], tx: Executor = db): Promise<void> {
+      if (endings.length === 0) return
+      const usage = endings.flatMap((ending) => (ending.usage ? [ending.usage] : []))
+      await tx.execute(sql`
+        with logged as (
+          insert into chat_message_events (message_id, seq, last_seq, data)
+          select b.message_id, b.seq, b.last_seq, b.data
+          from jsonb_to_recordset(${JSON.stringify(endings.map((ending) => batchRecord(ending.events)))}::jsonb)
+            as b(message_id text, seq int, last_seq int, data text)
+          where exists (select 1 from chat_messages m where m.id = b.message_id)
+          on conflict do nothing
+        ), finished as (
+          update chat_messages m
+          set status = f.status::message_status, content = f.content, model = f.model, error_code = f.error_code,
+              heartbeat_at = null, updated_at = now()
+          from jsonb_to_recordset(${JSON.stringify(
+            endings.map(({ message }) => ({
+              id: message.id,
+              status: message.status,
+              content: message.content,
+              model: message.model,
+              error_code: message.errorCode,
+            })),
+          )}::jsonb) as f(id text, status text, content text, model text, error_code text)
+          where m.id = f.id and m.status = 'streaming'
+        )
+        insert into chat_usage
+          (id, org_id, user_id, conversation_id, provider, model, input_tokens, output_tokens, estimated, status)
+        select u.id, u.org_id, u.user_id, u.conversation_id, u.provider, u.model, u.input_tokens, u.output_tokens,
+               u.estimated, u.status::chat_message_status
+        from jsonb_to_recordset(${JSON.stringify(
+          usage.map((row) => ({
+            id: row.id,
+            org_id: row.orgId,
+            user_id: row.userId,
+            conversation_id: row.conversationId ?? null,
+            provider: row.provider,
+            model: row.model,
+            input_tokens: row.inputTokens,
+            output_tokens: row.outputTokens,
+            estimated: row.estimated,
+            status: row.status,
+          })),
+        )}::jsonb) as u(id text, org_id text, user_id text, conversation_id text, provider text, model text,
+                       input_tokens int, output_tokens int, estimated boolean, status text)
         on conflict do nothing
       `)
     },
 
-    async heartbeat(messageIds: string[], tx: Executor = db): Promise<void> {
-      if (messageIds.length === 0) return
-      await tx
-        .update(chatMessages)
-        .set({ heartbeatAt: sql`now()` })
-        .where(and(inArray(chatMessages.id, messageIds), eq(chatMessages.status, 'streaming')))
-    },
-
-    async events(messageId: string, afterSeq: number, limit: number, tx: Executor = db): Promise<LoggedEvent[]> {
-      return tx
-        .select({ messageId: chatMessageEvents.messageId, seq: chatMessageEvents.seq, data: chatMessageEvents.data })
+    /**
+     * The logged events after `afterSeq`, in order, from at most `rows` rows; `more` when there
+     * may be further rows.
+     */
+    async events(
+      messageId: string,
+      afterSeq: number,
+      rows = 200,
+      tx: Executor = db,
+    ): Promise<{ events: LoggedEvent[]; more: boolean }> {
+      const found = await tx
+        .select({ seq: chatMessageEvents.seq, data: chatMessageEvents.data })
         .from(chatMessageEvents)
-        .where(and(eq(chatMessageEvents.messageId, messageId), gt(chatMessageEvents.seq, afterSeq)))
+        .where(and(eq(chatMessageEvents.messageId, messageId), gt(chatMessageEvents.lastSeq, afterSeq)))
         .orderBy(asc(chatMessageEvents.seq))
-        .limit(limit)
+        .limit(rows)
+      const events: LoggedEvent[] = []
+      for (const row of found) {
+        row.data.split('\n').forEach((data, i) => {
+          if (row.seq + i > afterSeq) events.push({ messageId, seq: row.seq + i, data })
+        })
+      }
+      return { events, more: found.length === rows }
     },
 
     /** Ends a streaming message; false when it had already ended. */
@@ -244,5 +379,12 @@ export function createChatRepository(db: Executor) {
     },
   }
 }
+
+const batchRecord = (batch: EventBatch) => ({
+  message_id: batch.messageId,
+  seq: batch.seq,
+  last_seq: batch.lastSeq,
+  data: batch.data,
+})
 
 export type ChatRepository = ReturnType<typeof createChatRepository>

@@ -1,25 +1,26 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../../config.js'
-import type { Database } from '../../db/client.js'
 import { timestampCursorParam, toPage } from '../../lib/cursor.js'
 import { newId } from '../../lib/ids.js'
 import { HttpProblem, problems } from '../../lib/problem.js'
 import type { EventStream } from '../../plugins/sse.js'
 import { type AuthContext, orgOrDefault, requireOrgRole, requireScope } from '../auth/authorization.js'
-import type { ChatRepository, ConversationRow, MessageRow } from './chat-repository.js'
+import type { ChatRepository, ConversationRow, LoggedEvent, MessageRow } from './chat-repository.js'
 import { type ChatService, sourcesOf, systemPrompt } from './chat-service.js'
 import { generate } from './generation.js'
-import { FLUSH_INTERVAL_MS, type LiveAnswer, type LiveAnswers } from './live.js'
+import { HEARTBEAT_INTERVAL_MS, type LiveAnswer, type LiveAnswers } from './live.js'
 import type { ChatTurn } from './providers.js'
 
 /** Earlier turns sent with each new message. */
 const HISTORY_TURNS = 50
-/** A streaming message whose heartbeat is older than this lost its process. */
-const ABANDONED_AFTER_MS = 20 * FLUSH_INTERVAL_MS + 5_000
+/** A streaming message whose heartbeat is older than this lost its process (three beats missed, and some slack). */
+const ABANDONED_AFTER_MS = 3 * HEARTBEAT_INTERVAL_MS + 3_000
 /** How often a resume served by another instance looks for new events in the log. */
 const POLL_INTERVAL_MS = 250
-const REPLAY_BATCH = 500
+
+/** The conversation was deleted between reading it and adding the turn to it. */
+const isForeignKeyViolation = (error: unknown) => (error as { code?: unknown } | null)?.code === '23503'
 
 /** `Last-Event-ID` of a conversation stream: `<messageId>:<seq>`. */
 export const eventId = (messageId: string, seq: number) => `${messageId}:${seq}`
@@ -58,7 +59,6 @@ export function presentMessage(row: MessageRow) {
 }
 
 export function createConversationsService(deps: {
-  db: Database
   repository: ChatRepository
   chat: ChatService
   live: LiveAnswers
@@ -71,7 +71,7 @@ export function createConversationsService(deps: {
   >
   log: FastifyBaseLogger
 }) {
-  const { db, repository, chat, live, projects, config, log } = deps
+  const { repository, chat, live, projects, config, log } = deps
   const running = new Set<Promise<void>>()
   const inProgress = () =>
     new HttpProblem(
@@ -113,24 +113,26 @@ export function createConversationsService(deps: {
   async function replayFromLog(message: MessageRow, stream: EventStream, afterSeq: number) {
     let after = afterSeq
     const isFinal = (data: string) => /^\{"type":"(done|error)"/.test(data)
-    for (;;) {
-      if (stream.signal.aborted) return
-      const events = await repository.events(message.id, after, REPLAY_BATCH)
+    const send = (events: LoggedEvent[]) => {
       for (const event of events) stream.sendSerialized(event.data, eventId(message.id, event.seq))
       after = events.at(-1)?.seq ?? after
+      return events.some((event) => isFinal(event.data))
+    }
+    for (;;) {
+      if (stream.signal.aborted) return
+      const { events, more } = await repository.events(message.id, after)
       // The log already holds the end (its transaction committed before the instance said so).
-      if (events.some((event) => isFinal(event.data))) return stream.end()
-      if (events.length === REPLAY_BATCH) continue
+      if (send(events)) return stream.end()
+      if (more) continue
       const local = live.get(message.id)
       if (local) return watch(local, stream, after)
       const current = await repository.message(message.id, message.conversationId)
       if (!current || current.status !== 'streaming') {
         // Ended meanwhile: what it wrote last may have landed after the read above.
         for (;;) {
-          const rest = await repository.events(message.id, after, REPLAY_BATCH)
-          for (const event of rest) stream.sendSerialized(event.data, eventId(message.id, event.seq))
-          after = rest.at(-1)?.seq ?? after
-          if (rest.length < REPLAY_BATCH) break
+          const rest = await repository.events(message.id, after)
+          send(rest.events)
+          if (!rest.more) break
         }
         return stream.end()
       }
@@ -143,30 +145,38 @@ export function createConversationsService(deps: {
   }
 
   /** The process generating it died: the answer ends as incomplete, with an error event in its log. */
-  async function endAbandoned(message: MessageRow) {
+  async function endAbandoned(message: Pick<MessageRow, 'id' | 'model'>) {
     const data = JSON.stringify({
       type: 'error',
       error: 'The answer was interrupted and cannot be resumed.',
       code: 'STREAM_INTERRUPTED',
     })
-    await db.transaction(async (tx) => {
-      const events = await repository.events(message.id, 0, 100_000, tx)
-      const seq = (events.at(-1)?.seq ?? 0) + 1
-      const content = events
-        .map((event) => JSON.parse(event.data) as { type: string; content?: string })
-        .filter((event) => event.type === 'content')
-        .map((event) => event.content ?? '')
-        .join('')
-      if (
-        await repository.finishMessage(
-          message.id,
-          { status: 'incomplete', content, model: message.model, errorCode: 'STREAM_INTERRUPTED' },
-          tx,
-        )
-      ) {
-        await repository.appendEvents([{ messageId: message.id, seq, data }], tx)
-      }
-    })
+    const events: LoggedEvent[] = []
+    for (let more = true; more;) {
+      const page = await repository.events(message.id, events.at(-1)?.seq ?? 0)
+      events.push(...page.events)
+      more = page.more
+    }
+    const seq = (events.at(-1)?.seq ?? 0) + 1
+    const content = events
+      .map((event) => JSON.parse(event.data) as { type: string; content?: string })
+      .filter((event) => event.type === 'content')
+      .map((event) => event.content ?? '')
+      .join('')
+    // Two instances ending it at once write the same event number, which the log keeps once.
+    await repository.endAnswers([
+      {
+        events: { messageId: message.id, seq, lastSeq: seq, data },
+        message: {
+          id: message.id,
+          status: 'incomplete',
+          content,
+          model: message.model,
+          errorCode: 'STREAM_INTERRUPTED',
+        },
+        usage: null,
+      },
+    ])
   }
 
   /** Generates the answer, independent of any HTTP response, and ends it in one transaction. */
@@ -214,28 +224,18 @@ export function createConversationsService(deps: {
               error: result.failure?.message ?? 'The answer failed.',
               code: result.failure?.code ?? 'UPSTREAM_ERROR',
             }
-      const finalData = JSON.stringify(final)
-      const finalSeq = answer.events.length + 1
-      try {
-        await db.transaction(async (tx) => {
-          await repository.appendEvents(
-            [...live.unflushed(answer), { messageId: answer.messageId, seq: finalSeq, data: finalData }],
-            tx,
-          )
-          // Gone when its conversation was deleted meanwhile; its usage is recorded all the same.
-          await repository.finishMessage(
-            answer.messageId,
-            {
-              status: result.status,
-              content: result.text,
-              model: result.model,
-              errorCode: result.failure?.code ?? null,
-            },
-            tx,
-          )
-          if (result.provider && result.model) {
-            await repository.recordUsage(
-              {
+      await live.end(answer, final, {
+        message: {
+          id: answer.messageId,
+          status: result.status,
+          content: result.text,
+          model: result.model,
+          errorCode: result.failure?.code ?? null,
+        },
+        // Metered even when the message is gone (its conversation was deleted meanwhile).
+        usage:
+          result.provider && result.model
+            ? {
                 id: answer.messageId,
                 orgId: conversation.orgId,
                 userId: auth.userId,
@@ -246,16 +246,9 @@ export function createConversationsService(deps: {
                 outputTokens: result.outputTokens,
                 estimated: result.estimated,
                 status: result.status,
-              },
-              tx,
-            )
-          }
-        })
-      } catch (error) {
-        // The message stays streaming; once its heartbeat is old, resumes end it as incomplete.
-        log.error({ err: error, messageId: answer.messageId }, 'chat answer could not be recorded')
-      }
-      live.emit(answer, final, true)
+              }
+            : null,
+      })
     } finally {
       live.release(answer)
       admitted.release()
@@ -322,12 +315,18 @@ export function createConversationsService(deps: {
 
     /** Stores the user's message and streams the answer; the answer goes on if the client leaves. */
     async send(auth: AuthContext, id: string, content: string, openStream: () => EventStream) {
-      const conversation = await owned(auth, id)
-      const latest = await repository.latestAssistantMessage(conversation.id)
-      if (latest?.status === 'streaming') {
-        if (!(await repository.isAbandoned(latest.id, ABANDONED_AFTER_MS))) throw inProgress()
+      requireScope(auth, 'chat')
+      // Two round trips before the upstream request: this read, and the insert of the turn.
+      const context = await repository.turnContext(id, auth.userId, [...auth.roles.keys()], {
+        staleMs: ABANDONED_AFTER_MS,
+        historyTurns: HISTORY_TURNS,
+      })
+      if (!context) throw problems.notFound('Conversation not found.', 'CONVERSATION_NOT_FOUND')
+      const { conversation, streaming } = context
+      if (streaming) {
+        if (!streaming.abandoned) throw inProgress()
         // Its server died: it ends as incomplete before the next turn starts.
-        await endAbandoned(latest)
+        await endAbandoned({ id: streaming.id, model: conversation.model })
       }
       const admitted = await chat.admit(
         auth,
@@ -337,33 +336,27 @@ export function createConversationsService(deps: {
       const assistantMessageId = newId('msg')
       let answer: LiveAnswer
       let stream: EventStream
-      let history: ChatTurn[]
       try {
-        const earlier = await repository.messages(conversation.id, HISTORY_TURNS * 2)
-        history = earlier
-          .filter((message) => message.content !== '')
-          .slice(-HISTORY_TURNS)
-          .map((message) => ({ role: message.role, content: message.content }))
-        const started = await db.transaction((tx) =>
-          repository.startTurn(
-            conversation,
-            {
-              userMessageId: newId('msg'),
-              assistantMessageId,
-              content,
-              model: admitted.candidates[0]?.model ?? config.CHAT_DEFAULT_MODEL,
-            },
-            tx,
-          ),
-        )
+        const started = await repository.startTurn({
+          conversationId: conversation.id,
+          userMessageId: newId('msg'),
+          assistantMessageId,
+          content,
+          model: admitted.candidates[0]?.model ?? config.CHAT_DEFAULT_MODEL,
+          // Cut on whole characters: half an emoji would be stored as U+FFFD.
+          title: [...content.slice(0, 160)].slice(0, 80).join(''),
+        })
         if (!started) throw inProgress()
         answer = live.start(assistantMessageId, conversation.id)
         stream = openStream()
       } catch (error) {
         admitted.release()
-        throw error
+        throw isForeignKeyViolation(error)
+          ? problems.notFound('Conversation not found.', 'CONVERSATION_NOT_FOUND')
+          : error
       }
-      const generation = run(auth, conversation, answer, admitted, [...history, { role: 'user', content }])
+      const messages: ChatTurn[] = [...context.history, { role: 'user', content }]
+      const generation = run(auth, conversation, answer, admitted, messages)
       running.add(generation)
       void generation.finally(() => running.delete(generation))
       await watch(answer, stream, 0)

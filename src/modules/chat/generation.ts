@@ -1,7 +1,8 @@
 import Anthropic from '@anthropic-ai/sdk'
 import type { FastifyBaseLogger } from 'fastify'
 import OpenAI from 'openai'
-import { type ChatProvider, type ChatTurn, type ProviderName, providerOf } from './providers.js'
+import { errors as undiciErrors } from 'undici'
+import { type ChatProvider, type ChatTurn, type ProviderEvent, type ProviderName, providerOf } from './providers.js'
 
 /** How an answer ended. */
 export type GenerationStatus = 'complete' | 'stopped' | 'incomplete' | 'error'
@@ -46,31 +47,17 @@ class CutShort extends Error {
 }
 
 /**
- * Iterates `source` but gives up the moment `signal` aborts, whatever the source is doing (an SDK
+ * Settles as `work` does, or rejects the moment `signal` aborts, whatever `work` is doing (an SDK
  * may be sleeping before a retry, deaf to the signal): the caller's deadlines hold regardless.
  */
-async function* untilAborted<T>(source: AsyncIterable<T>, signal: AbortSignal): AsyncGenerator<T> {
-  const iterator = source[Symbol.asyncIterator]()
-  // One listener for the whole stream; it rejects whichever item is awaited when the abort comes.
-  let rejectWaiting: ((reason: unknown) => void) | null = null
-  const onAbort = () => rejectWaiting?.(signal.reason)
-  signal.addEventListener('abort', onAbort, { once: true })
-  try {
-    for (;;) {
-      if (signal.aborted) throw signal.reason
-      const item = await new Promise<IteratorResult<T>>((resolve, reject) => {
-        rejectWaiting = reject
-        iterator.next().then(resolve, reject)
-      })
-      rejectWaiting = null
-      if (item.done) return
-      yield item.value
-    }
-  } finally {
-    signal.removeEventListener('abort', onAbort)
-    // Lets the SDK release its connection; not awaited, since it may be the part that hangs.
-    void Promise.resolve(iterator.return?.()).catch(() => {})
-  }
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason)
+    if (signal.aborted) onAbort()
+    else signal.addEventListener('abort', onAbort, { once: true })
+    // Settling twice is harmless: whatever `work` does after the abort is ignored, failures included.
+    work.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+  })
 }
 
 class TimeoutAbort extends Error {
@@ -93,6 +80,10 @@ function worthFallingBack(error: unknown): boolean {
   // A stream that ended before its first token produced nothing: as good as a refused request.
   if (error instanceof TimeoutAbort || error instanceof CutShort) return true
   if (error instanceof OpenAI.APIConnectionError || error instanceof Anthropic.APIConnectionError) return true
+  // A body cut off by the network: undici's socket errors (the streaming fetch), or a system error.
+  if (error instanceof undiciErrors.UndiciError) return true
+  const code = (error as { code?: unknown } | null)?.code
+  if (typeof code === 'string' && /^(ECONNRESET|EPIPE|ECONNREFUSED|ETIMEDOUT)$/.test(code)) return true
   const status = statusOf(error)
   if (status === undefined) {
     // An error event inside a stream that began with 200 (Anthropic's overloaded_error) has no status.
@@ -136,10 +127,6 @@ export async function generate(request: GenerationRequest, log: FastifyBaseLogge
     const stopUpstream = () => upstream.abort(request.signal.reason)
     request.signal.addEventListener('abort', stopUpstream, { once: true })
     let timer: NodeJS.Timeout | undefined
-    const arm = (phase: 'first-token' | 'idle', ms: number) => {
-      clearTimeout(timer)
-      timer = setTimeout(() => upstream.abort(new TimeoutAbort(phase)), ms)
-    }
     let text = ''
     let inputTokens: number | undefined
     let outputTokens: number | undefined
@@ -156,32 +143,44 @@ export async function generate(request: GenerationRequest, log: FastifyBaseLogge
     })
     try {
       if (request.signal.aborted) return { ...result('stopped', null), inputTokens: 0, outputTokens: 0 }
-      arm('first-token', request.firstTokenTimeoutMs)
-      const stream = candidate.provider.stream({
-        model: candidate.model,
-        system: request.system,
-        messages: request.messages,
-        maxOutputTokens: request.maxOutputTokens,
-        signal: upstream.signal,
-      })
+      timer = setTimeout(() => upstream.abort(new TimeoutAbort('first-token')), request.firstTokenTimeoutMs)
       let finished = false
-      for await (const event of untilAborted(stream, upstream.signal)) {
+      const onEvent = (event: ProviderEvent) => {
+        // A provider may still deliver after it was given up on (an abort lands at its next read).
+        if (upstream.signal.aborted) return
         if (event.type === 'end') {
           finished = true
-          continue
+          return
         }
         if (event.type === 'usage') {
           inputTokens = event.inputTokens ?? inputTokens
           outputTokens = event.outputTokens ?? outputTokens
-          continue
+          return
         }
-        started = true
-        arm('idle', request.idleTimeoutMs)
+        if (started) {
+          // Rearmed in place: a new timer per token would be garbage at every token.
+          timer?.refresh()
+        } else {
+          started = true
+          clearTimeout(timer)
+          timer = setTimeout(() => upstream.abort(new TimeoutAbort('idle')), request.idleTimeoutMs)
+        }
         // PostgreSQL text cannot hold NUL: one in a model's output would make the answer unstorable.
-        const piece = event.text.replaceAll('\u0000', '\uFFFD')
+        const piece = event.text.includes('\u0000') ? event.text.replaceAll('\u0000', '\uFFFD') : event.text
         text += piece
         request.onText(piece)
       }
+      const streamed = candidate.provider.stream(
+        {
+          model: candidate.model,
+          system: request.system,
+          messages: request.messages,
+          maxOutputTokens: request.maxOutputTokens,
+          signal: upstream.signal,
+        },
+        onEvent,
+      )
+      await untilAborted(streamed, upstream.signal)
       if (!finished) throw new CutShort()
       return result('complete', null)
     } catch (raw) {

@@ -11,6 +11,7 @@ import { createDocumentsRepository } from './documents-repository.js'
 import { documentsRoutes } from './documents-routes.js'
 import { createDocumentsService, EMBED_QUEUE } from './documents-service.js'
 import { createEmbedder, createProviders } from './providers.js'
+import { createStreamingFetch } from './streaming-fetch.js'
 
 /** AI answers streamed over SSE from the configured providers, metered per org; resumable conversations. */
 export async function chatModule(app: FastifyInstance, { config }: { config: Config }) {
@@ -32,9 +33,10 @@ export async function chatModule(app: FastifyInstance, { config }: { config: Con
     expireInSeconds: 600,
     handler: ({ documentId }, job) => documents.embedJob(documentId, job.retryCount, job.retryCount >= embedRetries),
   })
+  const streamingFetch = createStreamingFetch()
   const chat = createChatService({
     repository,
-    providers: createProviders(config),
+    providers: createProviders(config, { fetch: streamingFetch.fetch }),
     projects: app.projectsService,
     retrieval: documents,
     config,
@@ -42,7 +44,6 @@ export async function chatModule(app: FastifyInstance, { config }: { config: Con
   })
   const live = createLiveAnswers(repository, log)
   const conversations = createConversationsService({
-    db: app.db,
     repository,
     chat,
     live,
@@ -68,5 +69,6 @@ export async function chatModule(app: FastifyInstance, { config }: { config: Con
   app.addHook('onClose', async () => {
     await unlisten?.()
     await live.close()
+    await streamingFetch.close()
   })
 }

@@ -1,8 +1,16 @@
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger } from 'fastify'
-import type { ChatRepository, LoggedEvent } from './chat-repository.js'
+import { createGroupCommit } from '../../lib/group-commit.js'
+import type { AnswerEnding, ChatRepository, EventBatch } from './chat-repository.js'
 
 /** How often the events of every live answer are written, together, in one statement. */
 export const FLUSH_INTERVAL_MS = 200
+/** How often a live answer's heartbeat is renewed; a message without one for long lost its process. */
+export const HEARTBEAT_INTERVAL_MS = 2_000
+/** Attempts at writing the end of an answer before it is given up (logged), with a pause after each. */
+const END_RETRY_DELAYS_MS = [250, 1_000, 2_000]
+/** Answers ended in one statement at most. */
+const MAX_ENDINGS_PER_WRITE = 500
 
 /** An answer being generated in this process: its events so far, and who is watching. */
 export interface LiveAnswer {
@@ -12,38 +20,69 @@ export interface LiveAnswer {
   readonly events: string[]
   /** Events written to the log so far. */
   flushed: number
+  /** When the message's heartbeat was last renewed (ms since the epoch); the turn's insert set the first. */
+  beatAt: number
   /** Receives each new event; `final` marks the last one. */
   readonly watchers: Set<(seq: number, data: string, final: boolean) => void>
   /** Aborting it stops the generation (a stop request, the process shutting down). */
   readonly controller: AbortController
-  finished: boolean
+  /** Set once the generation ended: from then on its end, not the ticks, writes its events. */
+  ending: boolean
 }
+
+/** How an answer ended, for its message and its meter. */
+export type Ending = Pick<AnswerEnding, 'message' | 'usage'>
 
 /**
  * The answers this process is generating. Events reach watchers at once, from memory; the log in
- * the database is written every FLUSH_INTERVAL_MS for all answers together (2,000 streams at 50
- * tokens a second are 100,000 events a second, which no database takes one row at a time).
+ * the database is written every FLUSH_INTERVAL_MS for all answers together, one row per answer
+ * (2,000 streams at 50 tokens a second are 100,000 events a second, which no database takes one
+ * row at a time). The end of an answer (its last events, its message, its usage) is written by a
+ * group commit shared with the answers ending at the same moment, and only then does its final
+ * event reach the watchers: a client that saw `done` finds the answer stored.
  */
 export function createLiveAnswers(repository: ChatRepository, log: FastifyBaseLogger) {
   const live = new Map<string, LiveAnswer>()
   let flushing: Promise<void> | null = null
+  const endings = createGroupCommit<AnswerEnding, void>({
+    write: async (batch) => {
+      await repository.endAnswers(batch)
+      return batch.map(() => undefined)
+    },
+    maxBatch: MAX_ENDINGS_PER_WRITE,
+    writers: 2,
+  })
+
+  /** The events of `answer` not in the log yet, as one row. */
+  const unflushed = (answer: LiveAnswer, upTo: number): EventBatch => ({
+    messageId: answer.messageId,
+    seq: answer.flushed + 1,
+    lastSeq: upTo,
+    data: answer.events.slice(answer.flushed, upTo).join('\n'),
+  })
 
   async function flush() {
-    const batch: LoggedEvent[] = []
+    const batches: EventBatch[] = []
+    const beating: LiveAnswer[] = []
     const marks: [LiveAnswer, number][] = []
+    const now = Date.now()
     for (const answer of live.values()) {
-      if (answer.finished) continue
+      if (answer.ending) continue
       const upTo = answer.events.length
-      for (let seq = answer.flushed + 1; seq <= upTo; seq++) {
-        batch.push({ messageId: answer.messageId, seq, data: answer.events[seq - 1] as string })
+      if (upTo > answer.flushed) {
+        batches.push(unflushed(answer, upTo))
+        marks.push([answer, upTo])
       }
-      marks.push([answer, upTo])
+      if (now - answer.beatAt >= HEARTBEAT_INTERVAL_MS) beating.push(answer)
     }
-    if (marks.length === 0) return
+    if (batches.length === 0 && beating.length === 0) return
     try {
-      await repository.appendEvents(batch)
-      await repository.heartbeat(marks.map(([answer]) => answer.messageId))
-      for (const [answer, upTo] of marks) answer.flushed = Math.max(answer.flushed, upTo)
+      await repository.writeLog(
+        batches,
+        beating.map((answer) => answer.messageId),
+      )
+      for (const [answer, upTo] of marks) answer.flushed = upTo
+      for (const answer of beating) answer.beatAt = now
     } catch (error) {
       // Kept in memory and written by the next tick or at the end of the answer.
       log.warn({ err: error, answers: marks.length }, 'chat event log write failed')
@@ -58,6 +97,11 @@ export function createLiveAnswers(repository: ChatRepository, log: FastifyBaseLo
   }, FLUSH_INTERVAL_MS)
   timer.unref()
 
+  function release(answer: LiveAnswer) {
+    answer.ending = true
+    live.delete(answer.messageId)
+  }
+
   return {
     start(messageId: string, conversationId: string): LiveAnswer {
       const answer: LiveAnswer = {
@@ -65,38 +109,62 @@ export function createLiveAnswers(repository: ChatRepository, log: FastifyBaseLo
         conversationId,
         events: [],
         flushed: 0,
+        beatAt: Date.now(),
         watchers: new Set(),
         controller: new AbortController(),
-        finished: false,
+        ending: false,
       }
       live.set(messageId, answer)
       return answer
     },
 
     /** Adds an event and hands it to every watcher; returns its sequence number. */
-    emit(answer: LiveAnswer, event: object, final = false): number {
+    emit(answer: LiveAnswer, event: object): number {
       const data = JSON.stringify(event)
       answer.events.push(data)
       const seq = answer.events.length
-      for (const watcher of answer.watchers) watcher(seq, data, final)
+      for (const watcher of answer.watchers) watcher(seq, data, false)
       return seq
     },
 
     /**
-     * The events not yet in the log, for the transaction that ends the answer; after it commits,
-     * `release` drops the answer from memory (resumes read the log from then on).
+     * Ends the answer with its final event: writes the rest of its log, its message and its usage
+     * (retrying a while if the database fails), then hands the final event to the watchers and
+     * drops the answer from memory (resumes read the log from then on). Never rejects.
      */
-    unflushed(answer: LiveAnswer): LoggedEvent[] {
-      // A tick may be writing some of them right now; the log ignores duplicates.
-      return answer.events
-        .slice(answer.flushed)
-        .map((data, i) => ({ messageId: answer.messageId, seq: answer.flushed + i + 1, data }))
+    async end(answer: LiveAnswer, final: object, ending: Ending): Promise<void> {
+      answer.ending = true
+      // A tick may be writing part of this answer's events; the rest is written from where it stops.
+      await flushing
+      const data = JSON.stringify(final)
+      const upTo = answer.events.length
+      const batch = unflushed(answer, upTo)
+      const events = {
+        ...batch,
+        lastSeq: upTo + 1,
+        data: batch.data === '' ? data : `${batch.data}\n${data}`,
+      }
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await endings.submit({ events, ...ending })
+          break
+        } catch (error) {
+          const delay = END_RETRY_DELAYS_MS[attempt]
+          if (delay === undefined) {
+            // The message stays streaming; once its heartbeat is old, resumes end it as incomplete.
+            log.error({ err: error, messageId: answer.messageId }, 'chat answer could not be recorded')
+            break
+          }
+          await sleep(delay)
+        }
+      }
+      answer.events.push(data)
+      for (const watcher of answer.watchers) watcher(upTo + 1, data, true)
+      release(answer)
     },
 
-    release(answer: LiveAnswer) {
-      answer.finished = true
-      live.delete(answer.messageId)
-    },
+    /** Drops an answer that never got to its end (its generation failed to start). */
+    release,
 
     get(messageId: string): LiveAnswer | undefined {
       return live.get(messageId)

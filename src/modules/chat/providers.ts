@@ -1,6 +1,8 @@
 import Anthropic from '@anthropic-ai/sdk'
 import OpenAI from 'openai'
 import type { Config } from '../../config.js'
+import { createEventStreamReader } from '../../lib/server-sent-events.js'
+import { readText } from './streaming-fetch.js'
 
 export type ProviderName = 'openai' | 'anthropic'
 
@@ -30,7 +32,11 @@ export type ProviderEvent =
 
 export interface ChatProvider {
   readonly name: ProviderName
-  stream(request: ProviderRequest): AsyncIterable<ProviderEvent>
+  /**
+   * Streams one answer into `onEvent`, synchronously as each piece arrives (a token costs no
+   * promise of its own). Resolves when the provider's stream has ended, rejects when it failed.
+   */
+  stream(request: ProviderRequest, onEvent: (event: ProviderEvent) => void): Promise<void>
 }
 
 /** `claude-*` models are Anthropic's; every other name goes to OpenAI or the OpenAI-compatible server. */
@@ -45,38 +51,60 @@ export function providerOf(model: string): ProviderName {
 export function openAIProvider(client: OpenAI, options: { compatible: boolean }): ChatProvider {
   return {
     name: 'openai',
-    async *stream(request) {
-      const stream = await client.chat.completions.create(
-        {
-          model: request.model,
-          messages: [{ role: 'system', content: request.system }, ...request.messages],
-          ...(options.compatible
-            ? { max_tokens: request.maxOutputTokens }
-            : { max_completion_tokens: request.maxOutputTokens }),
-          stream: true,
-          stream_options: { include_usage: true },
-        },
-        { signal: request.signal },
-      )
+    async stream(request, onEvent) {
+      // The SDK sends the request (authentication, bounded retries honouring Retry-After, typed
+      // errors); the body is read here, without its per-chunk objects and promises.
+      const response = await client.chat.completions
+        .create(
+          {
+            model: request.model,
+            messages: [{ role: 'system', content: request.system }, ...request.messages],
+            ...(options.compatible
+              ? { max_tokens: request.maxOutputTokens }
+              : { max_completion_tokens: request.maxOutputTokens }),
+            stream: true,
+            stream_options: { include_usage: true },
+          },
+          { signal: request.signal },
+        )
+        .asResponse()
       let finish: string | null = null
-      for await (const chunk of stream) {
-        const choice = chunk.choices[0]
-        if (choice?.delta?.content) yield { type: 'text', text: choice.delta.content }
+      const events = createEventStreamReader(({ data }) => {
+        if (data === '[DONE]') return
+        const chunk = JSON.parse(data) as OpenAIChunk
+        // An error reported inside the stream, after the 200 (as the SDK's own reader reports it).
+        if (chunk.error) throw new OpenAI.APIError(undefined, chunk.error, undefined, response.headers)
+        const choice = chunk.choices?.[0]
+        const text = choice?.delta?.content
+        if (text) onEvent({ type: 'text', text })
         if (choice?.finish_reason) finish = choice.finish_reason
         if (chunk.usage) {
-          yield { type: 'usage', inputTokens: chunk.usage.prompt_tokens, outputTokens: chunk.usage.completion_tokens }
+          onEvent({
+            type: 'usage',
+            inputTokens: chunk.usage.prompt_tokens,
+            outputTokens: chunk.usage.completion_tokens,
+          })
         }
-      }
+      })
+      await readText(response, events.push)
+      events.end()
       // The usage chunk follows the one that finishes, so the end is reported after the stream.
-      if (finish) yield { type: 'end', reason: finish }
+      if (finish) onEvent({ type: 'end', reason: finish })
     },
   }
+}
+
+/** The parts of a `chat.completion.chunk` read here (or of an error event in its place). */
+interface OpenAIChunk {
+  choices?: { delta?: { content?: string | null }; finish_reason?: string | null }[]
+  usage?: { prompt_tokens?: number; completion_tokens?: number } | null
+  error?: Record<string, unknown>
 }
 
 export function anthropicProvider(client: Anthropic): ChatProvider {
   return {
     name: 'anthropic',
-    async *stream(request) {
+    async stream(request, onEvent) {
       const stream = await client.messages.create(
         {
           model: request.model,
@@ -90,16 +118,16 @@ export function anthropicProvider(client: Anthropic): ChatProvider {
       )
       for await (const event of stream) {
         if (event.type === 'content_block_delta' && event.delta.type === 'text_delta') {
-          yield { type: 'text', text: event.delta.text }
+          onEvent({ type: 'text', text: event.delta.text })
         } else if (event.type === 'message_start') {
           const usage = event.message.usage
           const input =
             usage.input_tokens + (usage.cache_creation_input_tokens ?? 0) + (usage.cache_read_input_tokens ?? 0)
-          yield { type: 'usage', inputTokens: input }
+          onEvent({ type: 'usage', inputTokens: input })
         } else if (event.type === 'message_delta') {
-          yield { type: 'usage', outputTokens: event.usage.output_tokens }
+          onEvent({ type: 'usage', outputTokens: event.usage.output_tokens })
         } else if (event.type === 'message_stop') {
-          yield { type: 'end', reason: 'stop' }
+          onEvent({ type: 'end', reason: 'stop' })
         }
       }
     },
@@ -109,9 +137,13 @@ export function anthropicProvider(client: Anthropic): ChatProvider {
 /**
  * The providers this server can call, each built only when its key is configured: a provider
  * without a key is simply unavailable. The SDKs retry a little themselves (bounded); falling back
- * to another model is the generation's job.
+ * to another model is the generation's job. `fetch` is what the OpenAI SDK sends its requests
+ * with (createStreamingFetch, which reads streamed answers cheaply).
  */
-export function createProviders(config: Config): Map<ProviderName, ChatProvider> {
+export function createProviders(
+  config: Config,
+  options: { fetch?: typeof fetch } = {},
+): Map<ProviderName, ChatProvider> {
   const providers = new Map<ProviderName, ChatProvider>()
   const openaiKey = config.OPENAI_API_KEY
   const anthropicKey = config.ANTHROPIC_API_KEY
@@ -126,6 +158,7 @@ export function createProviders(config: Config): Map<ProviderName, ChatProvider>
           ...(config.OPENAI_BASE_URL ? { baseURL: config.OPENAI_BASE_URL } : {}),
           maxRetries: config.CHAT_PROVIDER_MAX_RETRIES,
           timeout,
+          ...(options.fetch ? { fetch: options.fetch } : {}),
         }),
         { compatible: config.OPENAI_BASE_URL !== undefined && !config.OPENAI_BASE_URL.includes('api.openai.com') },
       ),
