@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import { connect, type Socket } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
@@ -105,6 +105,8 @@ interface Burst {
   /** The same for the load side, which shares one CPU: this client and the fake upstream. */
   clientCpuMs: number
   fakeCpuMs: number
+  /** And for PostgreSQL, also on the load CPU (only the app uses it). */
+  databaseCpuMs: number
 }
 
 /** VmRSS of a process in KB (Linux), NaN where /proc is not there. */
@@ -129,6 +131,30 @@ function cpuMs(pid: number): number {
 }
 /** USER_HZ, 100 on every Linux this runs on. */
 const CLOCK_TICKS = 100
+
+/**
+ * CPU time every PostgreSQL process on this machine has used so far, in ms (Linux; NaN elsewhere).
+ * The database shares the load CPU with the client and the fake, so what the app asks of it slows
+ * the whole load side: worth reporting beside the server's own CPU.
+ */
+function postgresCpuMs(): number {
+  try {
+    let total = 0
+    for (const entry of readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry)) continue
+      try {
+        const stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
+        if (stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')) !== 'postgres') continue
+        total += cpuMs(Number(entry))
+      } catch {
+        // Gone meanwhile.
+      }
+    }
+    return total
+  } catch {
+    return Number.NaN
+  }
+}
 
 /** Occurrences of `marker` in `window` that end past its first `skip` bytes (those were searched already). */
 function occurrences(window: Buffer, marker: Buffer, skip: number): number {
@@ -189,6 +215,7 @@ async function burst(
   const before = pid === null ? Number.NaN : rssKb(pid)
   const cpuBefore = pid === null ? Number.NaN : cpuMs(pid)
   const fakeBefore = cpuMs(pids.fake)
+  const databaseBefore = postgresCpuMs()
   const clientBefore = process.cpuUsage()
   let inFlight = total
   let peak = { open: 0, inFlight: 0, firstTokens: 0, rss: before }
@@ -324,6 +351,7 @@ async function burst(
       serverCpuMs: pid === null ? Number.NaN : cpuMs(pid) - cpuBefore,
       clientCpuMs: (client.user + client.system) / 1000,
       fakeCpuMs: cpuMs(pids.fake) - fakeBefore,
+      databaseCpuMs: postgresCpuMs() - databaseBefore,
       results,
       kbPerStream: peak.open > 0 ? (rss - before) / peak.open : Number.NaN,
       openAtSample: peak.open,
@@ -388,7 +416,8 @@ function summarise(side: Run['side'], round: number, measured: Burst): Run {
     : ''
   console.log(
     `TTFT p50 ${ms(run.p50Ms)} ms, p99 ${ms(run.p99Ms)} ms; end p99 ${ms(run.p99EndMs)} ms${server}; ` +
-      `load CPU: client ${ms(measured.clientCpuMs)} ms, fake ${ms(measured.fakeCpuMs)} ms` +
+      `load CPU: client ${ms(measured.clientCpuMs)} ms, fake ${ms(measured.fakeCpuMs)} ms, ` +
+      `PostgreSQL ${ms(measured.databaseCpuMs)} ms` +
       (run.failed > 0 ? `; ${run.failed} failed` : ''),
   )
   if (run.failed > 0) {

@@ -25,6 +25,27 @@ export interface EventStream {
 /** A comment line now and then keeps proxies and load balancers from closing a quiet stream. */
 const HEARTBEAT_MS = 15_000
 
+/**
+ * The open streams' heartbeat: one timer for all of them rather than one per stream (thousands
+ * of streams open at once would be thousands of timers to create and cancel). A stream opened
+ * just before a tick gets its first comment early, which is harmless.
+ */
+const openStreams = new Set<{ write(chunk: string): unknown }>()
+let heartbeat: NodeJS.Timeout | null = null
+function beatWhileOpen(raw: { write(chunk: string): unknown }) {
+  openStreams.add(raw)
+  heartbeat ??= setInterval(() => {
+    for (const stream of openStreams) stream.write(': keep-alive\n\n')
+  }, HEARTBEAT_MS).unref()
+}
+function stopBeating(raw: { write(chunk: string): unknown }) {
+  openStreams.delete(raw)
+  if (openStreams.size === 0 && heartbeat) {
+    clearInterval(heartbeat)
+    heartbeat = null
+  }
+}
+
 function openEventStream(reply: FastifyReply): EventStream {
   reply.hijack()
   const raw = reply.raw
@@ -41,12 +62,9 @@ function openEventStream(reply: FastifyReply): EventStream {
     'x-accel-buffering': 'no',
   })
   raw.flushHeaders()
-  const heartbeat = setInterval(() => {
-    if (!ended) raw.write(': keep-alive\n\n')
-  }, HEARTBEAT_MS)
-  heartbeat.unref()
+  beatWhileOpen(raw)
   const finish = () => {
-    clearInterval(heartbeat)
+    stopBeating(raw)
     if (!ended) {
       ended = true
       disconnected.abort(new Error('the client disconnected'))
@@ -70,7 +88,7 @@ function openEventStream(reply: FastifyReply): EventStream {
     end() {
       if (ended) return
       ended = true
-      clearInterval(heartbeat)
+      stopBeating(raw)
       raw.end()
     },
   }

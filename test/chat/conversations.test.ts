@@ -3,7 +3,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { eq, sql } from 'drizzle-orm'
 import type { LightMyRequestResponse } from 'fastify'
 import t from 'tap'
-import { chatMessages } from '../../src/db/schema/index.js'
+import { chatMessages, chatUsage } from '../../src/db/schema/index.js'
+import { createChatRepository } from '../../src/modules/chat/chat-repository.js'
 import { buildTestApp, eventually } from '../helper.js'
 import {
   type Account,
@@ -700,6 +701,47 @@ t.test('messages sent at the same moment: one is answered, the others refused wi
   )
 })
 
+t.test(
+  'turns started in one statement: one per conversation, the rest refused, other conversations unaffected',
+  async (t) => {
+    const user = await account(app)
+    const first = await createConversation(user)
+    const second = await createConversation(user)
+    const repository = createChatRepository(app.db)
+    const turn = (conversationId: string, n: number) => ({
+      conversationId,
+      userMessageId: `msg_${'1'.repeat(31)}${n}`,
+      assistantMessageId: `msg_${'2'.repeat(31)}${n}`,
+      content: `question ${n}`,
+      model: 'gpt-4o-mini',
+      title: `question ${n}`,
+    })
+    const started = await repository.startTurns([turn(first.id, 1), turn(first.id, 2), turn(second.id, 3)])
+    t.equal(started.filter(Boolean).length, 2, `two of three started (${started.join(', ')})`)
+    t.equal(started[2], true, 'the other conversation started')
+    t.not(started[0], started[1], 'exactly one of the two turns of the first conversation')
+    const [context] = await repository.turnContexts(
+      [{ id: first.id, userId: user.userId, orgIds: [user.personalOrgId] }],
+      { staleMs: 60_000, historyTurns: 10 },
+    )
+    t.match(context?.streaming, { abandoned: false, model: 'gpt-4o-mini' }, 'its answer is streaming')
+    t.same(
+      context?.history,
+      [{ role: 'user', content: started[0] ? 'question 1' : 'question 2' }],
+      'only the winning question was stored',
+    )
+    t.match(context?.conversation, { id: first.id, title: started[0] ? 'question 1' : 'question 2' })
+    const [foreign] = await repository.turnContexts(
+      [{ id: first.id, userId: 'usr_someone_else', orgIds: [user.personalOrgId] }],
+      {
+        staleMs: 60_000,
+        historyTurns: 10,
+      },
+    )
+    t.equal(foreign, null, "another user's request does not see it")
+  },
+)
+
 t.test('stopping an answer', async (t) => {
   t.test('stop during the answer: done status stopped, partial content, upstream aborted, stored', async (t) => {
     const user = await account(app)
@@ -845,10 +887,11 @@ t.test('an answer cut by the provider ends as incomplete, and replays the same w
 
 /**
  * Makes a finished answer look like one whose process died after `kept` events reached the log:
- * streaming, no content yet, a heartbeat an hour old, the rest of the log never written.
+ * streaming, no content yet, a heartbeat an hour old, the rest of the log and the usage never written.
  */
 async function abandon(messageId: string, kept: number) {
   await truncateLog(app, messageId, kept)
+  await app.db.delete(chatUsage).where(eq(chatUsage.id, messageId))
   await app.db
     .update(chatMessages)
     .set({ status: 'streaming', content: '', errorCode: null, heartbeatAt: sql`now() - interval '1 hour'` })
@@ -875,6 +918,11 @@ t.test('an answer whose server died', async (t) => {
       errorCode: 'STREAM_INTERRUPTED',
       heartbeatAt: null,
     })
+    t.match(
+      await usageRowsOf(app, user.userId),
+      [{ id: messageId, status: 'incomplete', estimated: true, inputTokens: 0, outputTokens: 4 }],
+      'metered once, by an estimate of what was logged (15 characters)',
+    )
     const logged = await storedEvents(messageId)
     t.same(logged.slice(0, 3), asLogged(raw.slice(0, 3)), 'the log keeps what was written')
     t.same(logged.slice(3), asLogged(events.slice(-1)), 'and gains the error event')

@@ -1,5 +1,5 @@
 import { and, asc, desc, eq, gt, gte, inArray, lt, or, sql } from 'drizzle-orm'
-import type { Database, Executor } from '../../db/client.js'
+import type { Executor } from '../../db/client.js'
 import { chatMessageEvents, chatMessages, chatUsage, conversations } from '../../db/schema/index.js'
 import type { Cursor } from '../../lib/cursor.js'
 
@@ -50,11 +50,36 @@ export interface NewTurn {
   title: string
 }
 
+/** Who asks to start a turn in which conversation. */
+export interface TurnContextRequest {
+  id: string
+  userId: string
+  orgIds: string[]
+}
+
+interface TurnContextRow {
+  i: number | string
+  id: string
+  org_id: string
+  project_id: string | null
+  created_by: string
+  title: string
+  model: string | null
+  created_at: Date | string
+  updated_at: Date | string
+  streaming: TurnContext['streaming'] | string | null
+  history: TurnContext['history'] | string | null
+}
+
+/** A json column: parsed by the pg driver, and by PGlite too, but a string is accepted as well. */
+const parsedJson = <T>(value: T | string | null): T | null =>
+  typeof value === 'string' ? (JSON.parse(value) as T) : value
+
 /** What starting a turn needs to know about the conversation, read in one round trip. */
 export interface TurnContext {
   conversation: ConversationRow
   /** The answer being generated, if one is; `abandoned` when its process stopped renewing it. */
-  streaming: { id: string; abandoned: boolean } | null
+  streaming: { id: string; model: string | null; abandoned: boolean } | null
   /** The latest turns with text, oldest first. */
   history: { role: 'user' | 'assistant'; content: string }[]
 }
@@ -63,40 +88,7 @@ const rowsOf = <T>(result: unknown): T[] =>
   (Array.isArray(result) ? result : ((result as { rows?: unknown[] }).rows ?? [])) as T[]
 
 /** The only code that touches the chat tables. */
-export function createChatRepository(db: Database) {
-  // Prepared once: it runs for every message sent, and building it from scratch costs more than
-  // the database takes to run it. The subqueries name the outer table in full, since Drizzle
-  // leaves a single table's columns unqualified.
-  const turnContext = db
-    .select({
-      conversation: conversations,
-      streaming: sql<TurnContext['streaming']>`(
-        select json_build_object(
-          'id', m.id,
-          'abandoned', m.heartbeat_at < now() - ${sql.placeholder('staleMs')}::integer * interval '1 millisecond')
-        from chat_messages m
-        where m.conversation_id = conversations.id and m.status = 'streaming'
-        limit 1)`,
-      history: sql<TurnContext['history'] | null>`(
-        select json_agg(json_build_object('role', t.role, 'content', t.content) order by t.created_at, t.id)
-        from (
-          select h.role, h.content, h.created_at, h.id
-          from chat_messages h
-          where h.conversation_id = conversations.id and h.content <> ''
-          order by h.created_at desc, h.id desc
-          limit ${sql.placeholder('historyTurns')}::integer
-        ) t)`,
-    })
-    .from(conversations)
-    .where(
-      and(
-        eq(conversations.id, sql.placeholder('id')),
-        eq(conversations.createdBy, sql.placeholder('userId')),
-        sql`${conversations.orgId} = any(${sql.placeholder('orgIds')})`,
-      ),
-    )
-    .prepare('chat_turn_context')
-
+export function createChatRepository(db: Executor) {
   return {
     /** Once per answer: the id is the answer's message id, so a second write of it changes nothing. */
     async recordUsage(row: UsageRow, tx: Executor = db): Promise<void> {
@@ -200,45 +192,101 @@ export function createChatRepository(db: Database) {
     },
 
     /**
-     * The caller's conversation, whether an answer is streaming in it, and its latest
-     * `historyTurns` turns with text, in one round trip; null when the conversation is not theirs.
+     * For each request: the caller's conversation, whether an answer is streaming in it, and its
+     * latest `historyTurns` turns with text; null where the conversation is not the caller's. One
+     * statement for any number of requests (messages sent at the same moment share it).
      */
-    async turnContext(
-      id: string,
-      userId: string,
-      orgIds: string[],
+    async turnContexts(
+      requests: TurnContextRequest[],
       options: { staleMs: number; historyTurns: number },
-    ): Promise<TurnContext | null> {
-      if (orgIds.length === 0) return null
-      const [row] = await turnContext.execute({ id, userId, orgIds, ...options })
-      if (!row) return null
-      return { conversation: row.conversation, streaming: row.streaming ?? null, history: row.history ?? [] }
+      tx: Executor = db,
+    ): Promise<(TurnContext | null)[]> {
+      const result = await tx.execute(sql`
+        select q.i, c.id, c.org_id, c.project_id, c.created_by, c.title, c.model, c.created_at, c.updated_at,
+          (select json_build_object(
+                    'id', m.id,
+                    'model', m.model,
+                    'abandoned', m.heartbeat_at < now() - ${options.staleMs}::integer * interval '1 millisecond')
+             from chat_messages m
+            where m.conversation_id = c.id and m.status = 'streaming'
+            limit 1) as streaming,
+          (select json_agg(json_build_object('role', t.role, 'content', t.content) order by t.created_at, t.id)
+             from (select h.role, h.content, h.created_at, h.id
+                     from chat_messages h
+                    where h.conversation_id = c.id and h.content <> ''
+                    order by h.created_at desc, h.id desc
+                    limit ${options.historyTurns}::integer) t) as history
+        from jsonb_to_recordset(${JSON.stringify(
+          requests.map((request, i) => ({ i, id: request.id, user_id: request.userId, org_ids: request.orgIds })),
+        )}::jsonb) as q(i int, id text, user_id text, org_ids jsonb)
+        join conversations c
+          on c.id = q.id and c.created_by = q.user_id and c.org_id in (select jsonb_array_elements_text(q.org_ids))
+      `)
+      const found = new Map(rowsOf<TurnContextRow>(result).map((row) => [Number(row.i), row]))
+      return requests.map((_, i) => {
+        const row = found.get(i)
+        if (!row) return null
+        return {
+          conversation: {
+            id: row.id,
+            orgId: row.org_id,
+            projectId: row.project_id,
+            createdBy: row.created_by,
+            title: row.title,
+            model: row.model,
+            createdAt: new Date(row.created_at),
+            updatedAt: new Date(row.updated_at),
+          },
+          streaming: parsedJson(row.streaming),
+          history: parsedJson(row.history) ?? [],
+        }
+      })
     },
 
     /**
-     * Stores the user's message and the assistant's, streaming, and makes the conversation the
-     * latest, in one statement. False when an answer is streaming in the conversation already
-     * (a unique index admits one per conversation, so of two turns started at once one loses).
+     * Stores each turn's user message and its assistant message, streaming, and makes the
+     * conversation the latest: one statement for any number of turns. False for a turn whose
+     * conversation has an answer streaming already (a unique index admits one per conversation,
+     * so of two turns started at once, in one statement or two, one loses).
      */
-    async startTurn(turn: NewTurn, tx: Executor = db): Promise<boolean> {
+    async startTurns(turns: NewTurn[], tx: Executor = db): Promise<boolean[]> {
       const result = await tx.execute(sql`
-        with answer as (
+        with turn as (
+          select * from jsonb_to_recordset(${JSON.stringify(
+            turns.map((turn, i) => ({
+              i,
+              conversation_id: turn.conversationId,
+              user_message_id: turn.userMessageId,
+              assistant_message_id: turn.assistantMessageId,
+              content: turn.content,
+              model: turn.model,
+              title: turn.title,
+            })),
+          )}::jsonb) as t(i int, conversation_id text, user_message_id text, assistant_message_id text,
+                          content text, model text, title text)
+        ), answer as (
           insert into chat_messages (id, conversation_id, role, content, status, model, heartbeat_at, created_at)
           -- After the user's message, even within the same microsecond.
-          values (${turn.assistantMessageId}, ${turn.conversationId}, 'assistant', '', 'streaming', ${turn.model},
-                  now(), now() + interval '1 microsecond')
+          select assistant_message_id, conversation_id, 'assistant', '', 'streaming', model,
+                 now(), now() + interval '1 microsecond'
+          from turn
           on conflict (conversation_id) where status = 'streaming' do nothing
-          returning conversation_id
+          returning id
+        ), started as (
+          select turn.* from turn join answer on answer.id = turn.assistant_message_id
         ), question as (
           insert into chat_messages (id, conversation_id, role, content, status)
-          select ${turn.userMessageId}, conversation_id, 'user', ${turn.content}, 'complete' from answer
+          select user_message_id, conversation_id, 'user', content, 'complete' from started
+        ), touched as (
+          update conversations c
+          set updated_at = now(), title = case when c.title = '' then started.title else c.title end
+          from started
+          where c.id = started.conversation_id
         )
-        update conversations
-        set updated_at = now(), title = case when title = '' then ${turn.title} else title end
-        where id = (select conversation_id from answer)
-        returning id
+        select i from started
       `)
-      return rowsOf(result).length > 0
+      const started = new Set(rowsOf<{ i: number }>(result).map((row) => Number(row.i)))
+      return turns.map((_, i) => started.has(i))
     },
 
     /**

@@ -2,20 +2,30 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../../config.js'
 import { timestampCursorParam, toPage } from '../../lib/cursor.js'
+import { createGroupCommit } from '../../lib/group-commit.js'
 import { newId } from '../../lib/ids.js'
 import { HttpProblem, problems } from '../../lib/problem.js'
 import type { EventStream } from '../../plugins/sse.js'
 import { type AuthContext, orgOrDefault, requireOrgRole, requireScope } from '../auth/authorization.js'
-import type { ChatRepository, ConversationRow, LoggedEvent, MessageRow } from './chat-repository.js'
+import type {
+  ChatRepository,
+  ConversationRow,
+  LoggedEvent,
+  MessageRow,
+  NewTurn,
+  TurnContextRequest,
+} from './chat-repository.js'
 import { type ChatService, sourcesOf, systemPrompt } from './chat-service.js'
-import { generate } from './generation.js'
+import { estimateTokens, generate } from './generation.js'
 import { HEARTBEAT_INTERVAL_MS, type LiveAnswer, type LiveAnswers } from './live.js'
-import type { ChatTurn } from './providers.js'
+import { type ChatTurn, providerOf } from './providers.js'
 
 /** Earlier turns sent with each new message. */
 const HISTORY_TURNS = 50
 /** A streaming message whose heartbeat is older than this lost its process (three beats missed, and some slack). */
 const ABANDONED_AFTER_MS = 3 * HEARTBEAT_INTERVAL_MS + 3_000
+/** Turns read, or started, in one statement at most. */
+const TURNS_PER_STATEMENT = 200
 /** How often a resume served by another instance looks for new events in the log. */
 const POLL_INTERVAL_MS = 250
 
@@ -73,6 +83,19 @@ export function createConversationsService(deps: {
 }) {
   const { repository, chat, live, projects, config, log } = deps
   const running = new Set<Promise<void>>()
+  // Messages sent at the same moment share their two statements: a burst of them costs the
+  // database (and this process) a few round trips rather than two each.
+  const turnContexts = createGroupCommit({
+    write: (requests: TurnContextRequest[]) =>
+      repository.turnContexts(requests, { staleMs: ABANDONED_AFTER_MS, historyTurns: HISTORY_TURNS }),
+    maxBatch: TURNS_PER_STATEMENT,
+    writers: 2,
+  })
+  const startTurns = createGroupCommit({
+    write: (turns: NewTurn[]) => repository.startTurns(turns),
+    maxBatch: TURNS_PER_STATEMENT,
+    writers: 2,
+  })
   const inProgress = () =>
     new HttpProblem(
       409,
@@ -110,7 +133,12 @@ export function createConversationsService(deps: {
   }
 
   /** Replays a message's log, following it while another instance still generates it. */
-  async function replayFromLog(message: MessageRow, stream: EventStream, afterSeq: number) {
+  async function replayFromLog(
+    conversation: ConversationRow,
+    message: MessageRow,
+    stream: EventStream,
+    afterSeq: number,
+  ) {
     let after = afterSeq
     const isFinal = (data: string) => /^\{"type":"(done|error)"/.test(data)
     const send = (events: LoggedEvent[]) => {
@@ -137,15 +165,18 @@ export function createConversationsService(deps: {
         return stream.end()
       }
       if (await repository.isAbandoned(message.id, ABANDONED_AFTER_MS)) {
-        await endAbandoned(current)
+        await endAbandoned(current, conversation)
         continue
       }
       await sleep(POLL_INTERVAL_MS)
     }
   }
 
-  /** The process generating it died: the answer ends as incomplete, with an error event in its log. */
-  async function endAbandoned(message: Pick<MessageRow, 'id' | 'model'>) {
+  /**
+   * The process generating it died: the answer ends as incomplete, with an error event in its log,
+   * and its usage is recorded as estimated from what was logged (the provider's own count died too).
+   */
+  async function endAbandoned(message: Pick<MessageRow, 'id' | 'model'>, conversation: ConversationRow) {
     const data = JSON.stringify({
       type: 'error',
       error: 'The answer was interrupted and cannot be resumed.',
@@ -174,7 +205,21 @@ export function createConversationsService(deps: {
           model: message.model,
           errorCode: 'STREAM_INTERRUPTED',
         },
-        usage: null,
+        usage: message.model
+          ? {
+              id: message.id,
+              orgId: conversation.orgId,
+              userId: conversation.createdBy,
+              conversationId: conversation.id,
+              provider: providerOf(message.model),
+              model: message.model,
+              // The prompt is not kept with the answer; only the output can be estimated.
+              inputTokens: 0,
+              outputTokens: estimateTokens(content),
+              estimated: true,
+              status: 'incomplete',
+            }
+          : null,
       },
     ])
   }
@@ -199,7 +244,7 @@ export function createConversationsService(deps: {
           firstTokenTimeoutMs: config.CHAT_FIRST_TOKEN_TIMEOUT_MS,
           idleTimeoutMs: config.CHAT_IDLE_TIMEOUT_MS,
           signal: answer.controller.signal,
-          onText: (content) => live.emit(answer, { type: 'content', content }),
+          onText: (content) => live.emitContent(answer, content),
         },
         log,
       )
@@ -316,17 +361,14 @@ export function createConversationsService(deps: {
     /** Stores the user's message and streams the answer; the answer goes on if the client leaves. */
     async send(auth: AuthContext, id: string, content: string, openStream: () => EventStream) {
       requireScope(auth, 'chat')
-      // Two round trips before the upstream request: this read, and the insert of the turn.
-      const context = await repository.turnContext(id, auth.userId, [...auth.roles.keys()], {
-        staleMs: ABANDONED_AFTER_MS,
-        historyTurns: HISTORY_TURNS,
-      })
+      // Two statements before the upstream request: this read, and the insert of the turn.
+      const context = await turnContexts.submit({ id, userId: auth.userId, orgIds: [...auth.roles.keys()] })
       if (!context) throw problems.notFound('Conversation not found.', 'CONVERSATION_NOT_FOUND')
       const { conversation, streaming } = context
       if (streaming) {
         if (!streaming.abandoned) throw inProgress()
         // Its server died: it ends as incomplete before the next turn starts.
-        await endAbandoned({ id: streaming.id, model: conversation.model })
+        await endAbandoned(streaming, conversation)
       }
       const admitted = await chat.admit(
         auth,
@@ -337,7 +379,7 @@ export function createConversationsService(deps: {
       let answer: LiveAnswer
       let stream: EventStream
       try {
-        const started = await repository.startTurn({
+        const started = await startTurns.submit({
           conversationId: conversation.id,
           userMessageId: newId('msg'),
           assistantMessageId,
@@ -376,7 +418,7 @@ export function createConversationsService(deps: {
       const local = live.get(message.id)
       if (local) return watch(local, stream, last.seq)
       try {
-        await replayFromLog(message, stream, last.seq)
+        await replayFromLog(conversation, message, stream, last.seq)
       } catch (error) {
         // The response is already a stream: the failure is its last event, never a hanging connection.
         log.error({ err: error, messageId: message.id }, 'resuming an answer failed')
@@ -392,7 +434,7 @@ export function createConversationsService(deps: {
       if (!latest) throw problems.notFound('There is no answer in this conversation.', 'MESSAGE_NOT_FOUND')
       if (latest.status !== 'streaming') return { messageId: latest.id, status: latest.status }
       if (await repository.isAbandoned(latest.id, ABANDONED_AFTER_MS)) {
-        await endAbandoned(latest)
+        await endAbandoned(latest, conversation)
         return { messageId: latest.id, status: 'incomplete' as const }
       }
       live.get(latest.id)?.controller.abort(new Error('stopped by the user'))

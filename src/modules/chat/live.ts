@@ -118,9 +118,10 @@ export function createLiveAnswers(repository: ChatRepository, log: FastifyBaseLo
       return answer
     },
 
-    /** Adds an event and hands it to every watcher; returns its sequence number. */
-    emit(answer: LiveAnswer, event: object): number {
-      const data = JSON.stringify(event)
+    /** Adds a piece of text as a `content` event and hands it to every watcher; returns its sequence number. */
+    emitContent(answer: LiveAnswer, text: string): number {
+      // Serialised by hand: no object per token, and the same JSON as JSON.stringify of one.
+      const data = `{"type":"content","content":${JSON.stringify(text)}}`
       answer.events.push(data)
       const seq = answer.events.length
       for (const watcher of answer.watchers) watcher(seq, data, false)

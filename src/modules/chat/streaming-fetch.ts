@@ -41,7 +41,7 @@ export function createStreamingFetch() {
       const text = await response.body.text()
       return new Response(text, { status: response.statusCode, headers: responseHeaders })
     }
-    return nodeBodyResponse(response.body, response.statusCode, responseHeaders)
+    return new NodeBodyResponse(response.body, response.statusCode, responseHeaders)
   }
 
   return {
@@ -50,37 +50,55 @@ export function createStreamingFetch() {
   }
 }
 
-/** The Node streams of the responses `createStreamingFetch` made. */
-const nodeBodies = new WeakMap<Response, Readable>()
-
 /**
- * An ordinary `Response` whose body is read from `stream`: through `readText` as it is, and
+ * An ordinary `Response` whose body is read from a Node stream: through `readText` as it is, and
  * through `body`, `text()` or `json()` (any other reader) as fetch would give it.
  */
-function nodeBodyResponse(stream: Readable & { text(): Promise<string> }, status: number, headers: Headers) {
-  const response = new Response(null, { status, headers })
-  nodeBodies.set(response, stream)
-  Object.defineProperties(response, {
-    body: { get: () => Readable.toWeb(stream) },
-    text: { value: () => stream.text() },
-    json: { value: async () => JSON.parse(await stream.text()) },
-  })
-  return response
+class NodeBodyResponse extends Response {
+  constructor(
+    readonly nodeBody: Readable & { text(): Promise<string> },
+    status: number,
+    headers: Headers,
+  ) {
+    super(null, { status, headers })
+  }
 }
+// On the prototype, once: Response declares these as fields, which a subclass cannot redeclare as
+// accessors and methods in TypeScript.
+Object.defineProperties(NodeBodyResponse.prototype, {
+  body: {
+    get(this: NodeBodyResponse) {
+      return Readable.toWeb(this.nodeBody)
+    },
+  },
+  text: {
+    value(this: NodeBodyResponse) {
+      return this.nodeBody.text()
+    },
+  },
+  json: {
+    async value(this: NodeBodyResponse) {
+      return JSON.parse(await this.nodeBody.text())
+    },
+  },
+})
+
+/** TextDecoder options for one piece of a stream: a character cut between two pieces waits for the next. */
+const STREAMING = { stream: true }
 
 /**
  * Hands on a response's body as UTF-8 text, piece by piece as it arrives (a character cut between
  * two pieces is kept whole), and resolves at its end; rejects when the body fails or is aborted.
  */
 export function readText(response: Response, onText: (text: string) => void): Promise<void> {
-  const body = nodeBodies.get(response)
-  if (body) {
+  if (response instanceof NodeBodyResponse) {
+    const body = response.nodeBody
     // undici's body stream ignores setEncoding.
     const decoder = new TextDecoder()
     return new Promise((resolve, reject) => {
       body.on('data', (bytes: Uint8Array) => {
         try {
-          onText(decoder.decode(bytes, { stream: true }))
+          onText(decoder.decode(bytes, STREAMING))
         } catch (error) {
           // Thrown out of a 'data' listener it would land in undici's parser, not with the caller.
           body.destroy(error as Error)
