@@ -64,3 +64,32 @@ t.test('a failing batch is retried item by item, so only the bad item fails', as
   )
   t.same(writer.batches, [[1], [2, 3, 4], [2], [3], [4]], 'the batch holding 3 was split')
 })
+
+t.test('lingerMs: a lone item is written at once; while busy, items trickling in share the next batch', async (t) => {
+  const batches: number[][] = []
+  const commit = createGroupCommit({
+    write: async (items: number[]) => {
+      batches.push(items)
+      return items
+    },
+    maxBatch: 100,
+    writers: 1,
+    lingerMs: 200,
+  })
+  const started = performance.now()
+  await commit.submit(1)
+  t.ok(performance.now() - started < 150, 'the first item did not wait for the linger')
+  // One at a time, 5 ms apart, right after a batch: the linger gathers them.
+  const trickle: Promise<number>[] = []
+  for (const item of [2, 3, 4, 5]) {
+    trickle.push(commit.submit(item))
+    await new Promise((resolve) => setTimeout(resolve, 5))
+  }
+  await Promise.all(trickle)
+  t.same(batches, [[1], [2, 3, 4, 5]], 'the trickle became one batch')
+  await new Promise((resolve) => setTimeout(resolve, 250))
+  const quiet = performance.now()
+  await commit.submit(6)
+  t.ok(performance.now() - quiet < 150, 'after a quiet spell an item is written at once again')
+  t.same(batches.at(-1), [6])
+})

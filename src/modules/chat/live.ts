@@ -51,6 +51,8 @@ export function createLiveAnswers(repository: ChatRepository, log: FastifyBaseLo
     },
     maxBatch: MAX_ENDINGS_PER_WRITE,
     writers: 2,
+    // During a burst answers end one at a time; a moment's wait lets them share a statement.
+    lingerMs: 10,
   })
 
   /** The events of `answer` not in the log yet, as one row. */
