@@ -367,6 +367,37 @@ t.test('a stream that ends before its first token falls back like any failure be
   }
 })
 
+t.test('an error event inside a 200 stream', async (t) => {
+  t.test('OpenAI, before the first token: the fallback model answers', async (t) => {
+    const user = await account(app)
+    const before = calls()
+    openai.next({ tokens: 5, errorAfterTokens: { tokens: 0, status: 500 } })
+    const stream = readChat(t, await chat(user, { message: 'hello' }))
+    t.same(calls(), { openai: before.openai + 1, anthropic: before.anthropic + 1 }, 'the fallback model is tried')
+    t.equal(stream.done?.usage.model, 'claude-haiku-4-5', 'answered by the fallback')
+  })
+
+  t.test('OpenAI, after three tokens: the answer ends with STREAM_INTERRUPTED and is metered', async (t) => {
+    const user = await account(app)
+    const before = calls()
+    openai.next({ tokens: 8, errorAfterTokens: { tokens: 3, status: 500 } })
+    const stream = readChat(t, await chat(user, { message: 'hello' }))
+    t.same(stream.contents, ['tok0 ', 'tok1 ', 'tok2 '])
+    t.match(stream.error, { type: 'error', code: 'STREAM_INTERRUPTED' })
+    t.same(calls(), { openai: before.openai + 1, anthropic: before.anthropic }, 'no fallback after the first token')
+    t.match(await onlyRow(t, user), { provider: 'openai', status: 'incomplete', estimated: true })
+  })
+
+  t.test('Anthropic overloaded before the first token: the next model answers', async (t) => {
+    const user = await account(app)
+    const before = calls()
+    anthropic.next({ tokens: 5, errorAfterTokens: { tokens: 0, status: 529 } })
+    const stream = readChat(t, await chat(user, { message: 'hello', model: 'claude-sonnet-4-5' }))
+    t.same(calls(), { openai: before.openai, anthropic: before.anthropic + 2 }, 'the fallback model is tried')
+    t.equal(stream.done?.usage.model, 'claude-haiku-4-5', 'answered by the fallback')
+  })
+})
+
 t.test('timeouts', async (t) => {
   t.test('no first token in time: the next provider answers', async (t) => {
     const user = await account(app)

@@ -124,6 +124,7 @@ export class FakeAnthropic extends FakeLlmServer {
         ),
         sse({ type: 'message_stop' }, 'message_stop'),
       ],
+      error: (status) => sse(this.errorBody(status), 'error'),
     })
   }
 

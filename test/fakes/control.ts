@@ -67,6 +67,11 @@ export interface Behaviour {
   cutMode?: 'destroy' | 'end'
   /** true: accept the request and never answer (no headers); 'headers': send 200 headers, then nothing. */
   hang?: boolean | 'headers'
+  /**
+   * After N tokens, send the provider's error event inside the 200 stream (the body of this HTTP
+   * status, as the provider words it) and end the response cleanly.
+   */
+  errorAfterTokens?: { tokens: number; status: number }
   usage?: UsageOverride
 }
 
@@ -79,6 +84,7 @@ export interface ResolvedBehaviour {
   cutAfterTokens: number | undefined
   cutMode: 'destroy' | 'end'
   hang: boolean | 'headers'
+  errorAfterTokens: { tokens: number; status: number } | undefined
   usage: UsageOverride
 }
 
@@ -90,6 +96,7 @@ export function resolveBehaviour(behaviour: Behaviour): ResolvedBehaviour {
     firstTokenDelayMs: behaviour.firstTokenDelayMs ?? tokenDelayMs,
     text: behaviour.text ?? ((i) => `tok${i} `),
     failBeforeFirstToken: behaviour.failBeforeFirstToken,
+    errorAfterTokens: behaviour.errorAfterTokens,
     cutAfterTokens: behaviour.cutAfterTokens,
     cutMode: behaviour.cutMode ?? 'destroy',
     hang: behaviour.hang ?? false,
@@ -307,6 +314,8 @@ export interface StreamScript {
   token(i: number, text: string): string
   /** Final events, given how many tokens were sent. */
   finale(tokensSent: number): string[]
+  /** The provider's error event inside a stream, for an error it would answer with this status. */
+  error(status: number): string
 }
 
 /** Streams `count` tokens following the exchange's behaviour (delays, cut, hang after headers). */
@@ -317,6 +326,10 @@ export async function streamTokens(ex: Exchange, count: number, script: StreamSc
   for (const event of script.preamble) if (!(await ex.write(event))) return
   for (let i = 0; i < count; i++) {
     if (b.cutAfterTokens !== undefined && ex.record.tokensSent >= b.cutAfterTokens) return ex.cut(b.cutMode)
+    if (b.errorAfterTokens !== undefined && ex.record.tokensSent >= b.errorAfterTokens.tokens) {
+      if (await ex.write(script.error(b.errorAfterTokens.status))) ex.cut('end')
+      return
+    }
     if (!(await ex.pause(i === 0 ? b.firstTokenDelayMs : b.tokenDelayMs))) return
     if (!(await ex.write(script.token(i, b.text(i))))) return
     ex.tokenSent()

@@ -162,6 +162,8 @@ export class FakeOpenAI extends FakeLlmServer {
         ...(includeUsage ? [sse({ ...common, object: 'chat.completion.chunk', choices: [], usage: usage(sent) })] : []),
         sse('[DONE]'),
       ],
+      // What the API sends when it fails after the 200: an error object in place of a chunk.
+      error: (status) => sse(this.errorBody(status)),
     })
   }
 

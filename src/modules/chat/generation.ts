@@ -86,10 +86,11 @@ function worthFallingBack(error: unknown): boolean {
   if (typeof code === 'string' && /^(ECONNRESET|EPIPE|ECONNREFUSED|ETIMEDOUT)$/.test(code)) return true
   const status = statusOf(error)
   if (status === undefined) {
-    // An error event inside a stream that began with 200 (Anthropic's overloaded_error) has no status.
+    // An error event inside a stream that began with 200 (Anthropic's overloaded_error, OpenAI's
+    // server_error) has no status.
     const type = (error as { error?: { error?: { type?: unknown }; type?: unknown } } | null)?.error
     const kind = String(type?.error?.type ?? type?.type ?? '')
-    if (/overloaded|api_error|rate_limit/.test(kind)) return true
+    if (/overloaded|api_error|server_error|rate_limit/.test(kind)) return true
     return error instanceof TypeError
   }
   return status === 408 || status === 409 || status === 429 || status >= 500
