@@ -722,8 +722,9 @@ t.test(
     t.not(started[0], started[1], 'exactly one of the two turns of the first conversation')
     const [context] = await repository.turnContexts(
       [{ id: first.id, userId: user.userId, orgIds: [user.personalOrgId] }],
-      { staleMs: 60_000, historyTurns: 10 },
+      { staleMs: 60_000, historyTurns: 10, countTokensToday: true },
     )
+    t.equal(context?.tokensToday, 0, 'nothing used today yet')
     t.match(context?.streaming, { abandoned: false, model: 'gpt-4o-mini' }, 'its answer is streaming')
     t.same(
       context?.history,
@@ -733,10 +734,7 @@ t.test(
     t.match(context?.conversation, { id: first.id, title: started[0] ? 'question 1' : 'question 2' })
     const [foreign] = await repository.turnContexts(
       [{ id: first.id, userId: 'usr_someone_else', orgIds: [user.personalOrgId] }],
-      {
-        staleMs: 60_000,
-        historyTurns: 10,
-      },
+      { staleMs: 60_000, historyTurns: 10, countTokensToday: false },
     )
     t.equal(foreign, null, "another user's request does not see it")
   },

@@ -74,6 +74,24 @@ t.test('daily token budget (CHAT_DAILY_TOKEN_BUDGET=50)', async (t) => {
     t.ok(readChat(t, await chat(other, { message: 'hello' })).done, "another org's budget is untouched")
   })
 
+  t.test('a conversation message is refused the same way, before anything is stored or called', async (t) => {
+    const user = await account(app)
+    openai.next({ usage: { input: 30, output: 25 } })
+    t.ok(readChat(t, await chat(user, { message: 'spend it' })).done, '55 of 50 used')
+    const created = await callAs(app, user, 'POST', '/conversations', {})
+    t.equal(created.statusCode, 201)
+    const id: string = created.json().id
+    const before = calls()
+    assertRefused(
+      t,
+      await callAs(app, user, 'POST', `/conversations/${id}/messages`, { content: 'hi' }),
+      'QUOTA_EXCEEDED',
+    )
+    t.same(calls(), before, 'no provider was called')
+    const stored = await callAs(app, user, 'GET', `/conversations/${id}`)
+    t.same(stored.json().messages, [], 'no message was stored')
+  })
+
   t.test("the budget is the org's, shared by its members", async (t) => {
     const owner = await account(app)
     const member = await account(app)

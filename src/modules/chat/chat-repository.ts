@@ -69,6 +69,7 @@ interface TurnContextRow {
   updated_at: Date | string
   streaming: TurnContext['streaming'] | string | null
   history: TurnContext['history'] | string | null
+  tokens_today: string | number | null
 }
 
 /** A json column: parsed by the pg driver, and by PGlite too, but a string is accepted as well. */
@@ -82,6 +83,8 @@ export interface TurnContext {
   streaming: { id: string; model: string | null; abandoned: boolean } | null
   /** The latest turns with text, oldest first. */
   history: { role: 'user' | 'assistant'; content: string }[]
+  /** Tokens the conversation's org used since UTC midnight, when asked for (a daily budget is set). */
+  tokensToday: number | null
 }
 
 const rowsOf = <T>(result: unknown): T[] =>
@@ -198,11 +201,17 @@ export function createChatRepository(db: Executor) {
      */
     async turnContexts(
       requests: TurnContextRequest[],
-      options: { staleMs: number; historyTurns: number },
+      options: { staleMs: number; historyTurns: number; countTokensToday: boolean },
       tx: Executor = db,
     ): Promise<(TurnContext | null)[]> {
       const result = await tx.execute(sql`
         select q.i, c.id, c.org_id, c.project_id, c.created_by, c.title, c.model, c.created_at, c.updated_at,
+          case when ${options.countTokensToday}::boolean then
+            (select coalesce(sum(u.input_tokens + u.output_tokens), 0)
+               from chat_usage u
+              where u.org_id = c.org_id
+                and u.created_at >= date_trunc('day', now() at time zone 'UTC') at time zone 'UTC')
+          end as tokens_today,
           (select json_build_object(
                     'id', m.id,
                     'model', m.model,
@@ -239,6 +248,7 @@ export function createChatRepository(db: Executor) {
           },
           streaming: parsedJson(row.streaming),
           history: parsedJson(row.history) ?? [],
+          tokensToday: row.tokens_today === null ? null : Number(row.tokens_today),
         }
       })
     },

@@ -125,7 +125,13 @@ export function createChatService(deps: {
   const streaming = new Map<string, number>()
 
   /** Everything that can refuse a chat request, checked before any upstream call or any byte of the stream. */
-  async function admit(auth: AuthContext, input: Pick<ChatInput, 'projectId' | 'model'>, conversationOrgId?: string) {
+  /** `tokensToday`: the org's usage today when the caller read it already (with the conversation). */
+  async function admit(
+    auth: AuthContext,
+    input: Pick<ChatInput, 'projectId' | 'model'>,
+    conversationOrgId?: string,
+    tokensToday?: number,
+  ) {
     requireScope(auth, 'chat')
     let orgId: string
     if (conversationOrgId) {
@@ -143,7 +149,7 @@ export function createChatService(deps: {
     const candidates = candidatesFor(input.model ?? config.CHAT_DEFAULT_MODEL, fallbacks, providers)
     if (candidates.length === 0) throw problems.notConfigured('Chat (no model provider is configured)')
     if (config.CHAT_DAILY_TOKEN_BUDGET > 0) {
-      const used = await repository.tokensToday(orgId)
+      const used = tokensToday ?? (await repository.tokensToday(orgId))
       if (used >= config.CHAT_DAILY_TOKEN_BUDGET) {
         throw new HttpProblem(
           429,

@@ -83,7 +83,11 @@ export function createConversationsService(deps: {
   requestStop(messageId: string): Promise<void>
   config: Pick<
     Config,
-    'CHAT_DEFAULT_MODEL' | 'CHAT_FIRST_TOKEN_TIMEOUT_MS' | 'CHAT_IDLE_TIMEOUT_MS' | 'CHAT_MAX_OUTPUT_TOKENS'
+    | 'CHAT_DEFAULT_MODEL'
+    | 'CHAT_FIRST_TOKEN_TIMEOUT_MS'
+    | 'CHAT_IDLE_TIMEOUT_MS'
+    | 'CHAT_MAX_OUTPUT_TOKENS'
+    | 'CHAT_DAILY_TOKEN_BUDGET'
   >
   log: FastifyBaseLogger
 }) {
@@ -93,7 +97,12 @@ export function createConversationsService(deps: {
   // database (and this process) a few round trips rather than two each.
   const turnContexts = createGroupCommit({
     write: (requests: TurnContextRequest[]) =>
-      repository.turnContexts(requests, { staleMs: ABANDONED_AFTER_MS, historyTurns: HISTORY_TURNS }),
+      repository.turnContexts(requests, {
+        staleMs: ABANDONED_AFTER_MS,
+        historyTurns: HISTORY_TURNS,
+        // Read with the conversation, rather than by a statement of its own per message.
+        countTokensToday: config.CHAT_DAILY_TOKEN_BUDGET > 0,
+      }),
     maxBatch: TURNS_PER_STATEMENT,
     writers: 2,
     lingerMs: TURN_LINGER_MS,
@@ -382,6 +391,7 @@ export function createConversationsService(deps: {
         auth,
         { projectId: conversation.projectId ?? undefined, model: conversation.model ?? undefined },
         conversation.orgId,
+        context.tokensToday ?? undefined,
       )
       const assistantMessageId = newId('msg')
       let answer: LiveAnswer
