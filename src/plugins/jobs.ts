@@ -5,6 +5,7 @@ import type { Pool } from 'pg'
 import PgBoss from 'pg-boss'
 import type { Config } from '../config.js'
 import type { DatabaseHandle, Executor } from '../db/client.js'
+import { resultRows } from '../db/results.js'
 import { sqlWithParams } from '../db/sql-text.js'
 
 declare module 'fastify' {
@@ -89,8 +90,7 @@ function bossDb(database: DatabaseHandle): PgBoss.Db {
 function transactionDb(tx: Executor): PgBoss.Db {
   return {
     async executeSql(text, values) {
-      const result = (await tx.execute(sqlWithParams(text, values ?? []))) as { rows?: unknown[] } | unknown[]
-      return { rows: Array.isArray(result) ? result : (result.rows ?? []) }
+      return { rows: resultRows(await tx.execute(sqlWithParams(text, values ?? []))) }
     },
   }
 }

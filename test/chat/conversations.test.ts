@@ -4,6 +4,7 @@ import { eq, sql } from 'drizzle-orm'
 import type { LightMyRequestResponse } from 'fastify'
 import t from 'tap'
 import { chatMessages, chatUsage } from '../../src/db/schema/index.js'
+import { isForeignKeyViolation } from '../../src/db/results.js'
 import { createChatRepository } from '../../src/modules/chat/chat-repository.js'
 import { buildTestApp, eventually } from '../helper.js'
 import {
@@ -737,6 +738,9 @@ t.test(
       { staleMs: 60_000, historyTurns: 10, countTokensToday: false },
     )
     t.equal(foreign, null, "another user's request does not see it")
+    // A conversation deleted before its turn is inserted: the service answers 404 on this error.
+    const gone = await repository.startTurns([turn('cnv_deleted_meanwhile', 4)]).catch((error: unknown) => error)
+    t.ok(isForeignKeyViolation(gone), 'a turn of a missing conversation is a foreign key violation')
   },
 )
 

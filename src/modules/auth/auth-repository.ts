@@ -8,14 +8,6 @@ export type RefreshTokenRow = typeof refreshTokens.$inferSelect
 export type SigningKeyRow = typeof signingKeys.$inferSelect
 export type ApiKeyRow = typeof apiKeys.$inferSelect
 
-/** Postgres unique_violation, raised by both drivers with this SQLSTATE. */
-export function isUniqueViolation(error: unknown): boolean {
-  const code =
-    (error as { code?: string; cause?: { code?: string } })?.code ??
-    (error as { cause?: { code?: string } })?.cause?.code
-  return code === '23505'
-}
-
 /** The only code that touches users, identities, refresh tokens, signing keys and API keys. */
 export function createAuthRepository(db: Executor) {
   return {

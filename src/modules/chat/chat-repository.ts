@@ -1,5 +1,6 @@
 import { and, asc, desc, eq, gt, gte, inArray, lt, or, sql } from 'drizzle-orm'
 import type { Executor } from '../../db/client.js'
+import { resultRows } from '../../db/results.js'
 import { chatMessageEvents, chatMessages, chatUsage, conversations } from '../../db/schema/index.js'
 import type { Cursor } from '../../lib/cursor.js'
 
@@ -86,9 +87,6 @@ export interface TurnContext {
   /** Tokens the conversation's org used since UTC midnight, when asked for (a daily budget is set). */
   tokensToday: number | null
 }
-
-const rowsOf = <T>(result: unknown): T[] =>
-  (Array.isArray(result) ? result : ((result as { rows?: unknown[] }).rows ?? [])) as T[]
 
 /** The only code that touches the chat tables. */
 export function createChatRepository(db: Executor) {
@@ -231,7 +229,7 @@ export function createChatRepository(db: Executor) {
         join conversations c
           on c.id = q.id and c.created_by = q.user_id and c.org_id in (select jsonb_array_elements_text(q.org_ids))
       `)
-      const found = new Map(rowsOf<TurnContextRow>(result).map((row) => [Number(row.i), row]))
+      const found = new Map(resultRows<TurnContextRow>(result).map((row) => [Number(row.i), row]))
       return requests.map((_, i) => {
         const row = found.get(i)
         if (!row) return null
@@ -295,7 +293,7 @@ export function createChatRepository(db: Executor) {
         )
         select i from started
       `)
-      const started = new Set(rowsOf<{ i: number }>(result).map((row) => Number(row.i)))
+      const started = new Set(resultRows<{ i: number }>(result).map((row) => Number(row.i)))
       return turns.map((_, i) => started.has(i))
     },
 
@@ -395,25 +393,6 @@ export function createChatRepository(db: Executor) {
         })
       }
       return { events, more: found.length === rows }
-    },
-
-    /** Ends a streaming message; false when it had already ended. */
-    async finishMessage(
-      id: string,
-      values: {
-        status: Exclude<MessageStatus, 'streaming'>
-        content: string
-        model: string | null
-        errorCode: string | null
-      },
-      tx: Executor = db,
-    ): Promise<boolean> {
-      const rows = await tx
-        .update(chatMessages)
-        .set({ ...values, heartbeatAt: null, updatedAt: sql`now()` })
-        .where(and(eq(chatMessages.id, id), eq(chatMessages.status, 'streaming')))
-        .returning({ id: chatMessages.id })
-      return rows.length > 0
     },
 
     /** Announces to every instance that a message's generation is to stop. */

@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../../config.js'
+import { isForeignKeyViolation } from '../../db/results.js'
 import { timestampCursorParam, toPage } from '../../lib/cursor.js'
 import { createGroupCommit } from '../../lib/group-commit.js'
 import { newId } from '../../lib/ids.js'
@@ -34,9 +35,6 @@ const TURNS_PER_STATEMENT = 200
 const TURN_LINGER_MS = 5
 /** How often a resume served by another instance looks for new events in the log. */
 const POLL_INTERVAL_MS = 250
-
-/** The conversation was deleted between reading it and adding the turn to it. */
-const isForeignKeyViolation = (error: unknown) => (error as { code?: unknown } | null)?.code === '23503'
 
 /** `Last-Event-ID` of a conversation stream: `<messageId>:<seq>`. */
 export const eventId = (messageId: string, seq: number) => `${messageId}:${seq}`
@@ -411,6 +409,7 @@ export function createConversationsService(deps: {
         stream = openStream()
       } catch (error) {
         admitted.release()
+        // The conversation was deleted between reading it and adding the turn to it.
         throw isForeignKeyViolation(error)
           ? problems.notFound('Conversation not found.', 'CONVERSATION_NOT_FOUND')
           : error

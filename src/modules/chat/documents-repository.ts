@@ -1,5 +1,6 @@
 import { and, asc, desc, eq, inArray, isNull, lt, or, sql } from 'drizzle-orm'
 import type { Executor } from '../../db/client.js'
+import { resultRows } from '../../db/results.js'
 import { documentChunks, documents, embeddingCache } from '../../db/schema/index.js'
 import type { Cursor } from '../../lib/cursor.js'
 
@@ -176,8 +177,12 @@ export function createDocumentsRepository(db: Executor) {
 }
 
 function rowsOf(result: unknown): RankedChunk[] {
-  const rows = (Array.isArray(result) ? result : ((result as { rows?: unknown[] }).rows ?? [])) as RankedChunk[]
-  return rows.map((row) => ({ ...row, chunkId: Number(row.chunkId), seq: Number(row.seq), score: Number(row.score) }))
+  return resultRows<RankedChunk>(result).map((row) => ({
+    ...row,
+    chunkId: Number(row.chunkId),
+    seq: Number(row.seq),
+    score: Number(row.score),
+  }))
 }
 
 export type DocumentsRepository = ReturnType<typeof createDocumentsRepository>

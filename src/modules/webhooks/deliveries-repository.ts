@@ -1,5 +1,6 @@
 import { and, asc, desc, eq, inArray, isNotNull, isNull, lt, lte, or, sql } from 'drizzle-orm'
 import type { Executor } from '../../db/client.js'
+import { resultRows } from '../../db/results.js'
 import { webhookDeliveries, webhookDeliveryAttempts, webhookEndpoints, webhookMessages } from '../../db/schema/index.js'
 import type { Cursor } from '../../lib/cursor.js'
 import type { EndpointRow } from './endpoints-repository.js'
@@ -177,7 +178,7 @@ export function createDeliveriesRepository(db: Executor) {
      */
     async settle(settlement: Settlement, entry: AttemptEntry, tx: Executor = db): Promise<boolean> {
       const timestamp = (value: Date | null) => (value ? value.toISOString() : null)
-      const result = (await tx.execute(sql`
+      const result = await tx.execute(sql`
         with settled as (
           update webhook_deliveries
           set status = ${settlement.status}::webhook_delivery_status,
@@ -197,9 +198,8 @@ export function createDeliveriesRepository(db: Executor) {
                ${timestamp(settlement.nextAttemptAt)}::timestamptz
         from settled
         returning id
-      `)) as { rows?: unknown[] } | unknown[]
-      const rows = Array.isArray(result) ? result : (result.rows ?? [])
-      return rows.length > 0
+      `)
+      return resultRows(result).length > 0
     },
 
     async endpointRecovered(endpointId: string, tx: Executor): Promise<void> {
