@@ -15,6 +15,8 @@ import type { DatabaseHandle } from './db/client.js'
 import { redactSecrets, redactUrl } from './lib/redact.js'
 import { authSchemas } from './modules/auth/auth-schemas.js'
 import { authModule } from './modules/auth/index.js'
+import { integrationsModule } from './modules/integrations/index.js'
+import { integrationSchemas } from './modules/integrations/integrations-schemas.js'
 import { orgsModule } from './modules/orgs/index.js'
 import { orgsSchemas } from './modules/orgs/orgs-schemas.js'
 import { chatModule } from './modules/chat/index.js'
@@ -33,6 +35,7 @@ import cryptoPlugin from './plugins/crypto.js'
 import dbPlugin from './plugins/db.js'
 import errorsPlugin from './plugins/errors.js'
 import idempotencyPlugin from './plugins/idempotency.js'
+import integrationsPlugin from './plugins/integrations.js'
 import jobsPlugin from './plugins/jobs.js'
 import observabilityPlugin from './plugins/observability.js'
 import { eventWebhooksDocument } from './modules/events/catalogue.js'
@@ -186,6 +189,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   await app.register(idempotencyPlugin)
   await app.register(outboxPlugin)
   await app.register(jobsPlugin, { config })
+  await app.register(integrationsPlugin, { config })
   await app.register(ssePlugin)
 
   // Named component schemas are global, like the OpenAPI document's one components section, so
@@ -201,6 +205,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     ...chatSchemas,
     ...conversationSchemas,
     ...documentSchemas,
+    ...integrationSchemas,
   ])
     app.addSchema(schema)
 
@@ -210,6 +215,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   await app.register(projectsModule)
   await app.register(chatModule, { config })
   await app.register(webhooksModule, { config })
+  await app.register(integrationsModule)
 
   return app
 }

@@ -4,6 +4,23 @@ import { type Static, Type } from 'typebox'
 import { Value } from 'typebox/value'
 import { DURATION_LIST_PATTERN, DURATION_PATTERN, durationListMs, durationMs } from './lib/duration.js'
 
+/** The third-party services every outbound call is attributed to. */
+export const SERVICES = ['openai', 'anthropic', 'stripe'] as const
+export type ServiceName = (typeof SERVICES)[number]
+const SERVICE = `(${SERVICES.join('|')})`
+const DURATION = '\\d+(\\.\\d+)?(ms|s|m|h|d)?'
+const SERVICE_DURATIONS_PATTERN = `^\\s*${SERVICE}=${DURATION}(\\s*,\\s*${SERVICE}=${DURATION})*\\s*$`
+const SERVICE_RATES_PATTERN = `^\\s*${SERVICE}=\\d+:\\d+(\\s*,\\s*${SERVICE}=\\d+:\\d+)*\\s*$`
+
+/** `openai=60s,stripe=20s` as a map; a service left out keeps its built-in default. */
+export function perService<T>(text: string, parse: (value: string) => T): Partial<Record<ServiceName, T>> {
+  const entries = text
+    .split(',')
+    .map((part) => part.trim().split('='))
+    .map(([name, value]) => [name as ServiceName, parse(value ?? '')] as const)
+  return Object.fromEntries(entries)
+}
+
 /**
  * The one schema of the environment. Keys are the variable names themselves so that an error
  * message, the README table and .env.example all speak the same language.
@@ -93,6 +110,56 @@ export const ConfigSchema = Type.Object({
     maximum: 100_000,
     default: 10,
     description: 'Chat requests per user per minute',
+  }),
+  INTEGRATION_TIMEOUTS: Type.String({
+    pattern: SERVICE_DURATIONS_PATTERN,
+    default: 'openai=60s,anthropic=60s,stripe=20s',
+    description:
+      'How long one attempt of a third-party call may take, per service (for a streamed answer: until it starts)',
+  }),
+  INTEGRATION_RATE_LIMITS: Type.String({
+    pattern: SERVICE_RATES_PATTERN,
+    default: 'openai=50:500,anthropic=50:500,stripe=25:100',
+    description:
+      'Token bucket per service: requests per second, and the burst allowed on top per 10 s (0 for none); shared through Redis when REDIS_URL is set',
+  }),
+  INTEGRATION_MAX_RETRIES: Type.Integer({
+    minimum: 0,
+    maximum: 10,
+    default: 3,
+    description: 'Retries of an idempotent third-party call (and of any call answered 429)',
+  }),
+  INTEGRATION_RETRY_BASE_DELAY: Type.String({
+    pattern: DURATION_PATTERN,
+    default: '500ms',
+    description: 'First retry backoff; doubles per attempt, with full jitter, unless the service sends Retry-After',
+  }),
+  INTEGRATION_RETRY_MAX_DELAY: Type.String({
+    pattern: DURATION_PATTERN,
+    default: '20s',
+    description: 'Longest wait before a retry; a Retry-After longer than this fails the call at once',
+  }),
+  INTEGRATION_BREAKER_THRESHOLD: Type.Number({
+    exclusiveMinimum: 0,
+    exclusiveMaximum: 1,
+    default: 0.5,
+    description: "Share of a service's attempts failing (5xx, timeouts, no connection) that opens its circuit",
+  }),
+  INTEGRATION_BREAKER_MIN_CALLS: Type.Integer({
+    minimum: 1,
+    maximum: 1_000_000,
+    default: 10,
+    description: 'Attempts the breaker window must hold before it may open',
+  }),
+  INTEGRATION_BREAKER_WINDOW: Type.String({
+    pattern: DURATION_PATTERN,
+    default: '30s',
+    description: 'How far back the breaker looks',
+  }),
+  INTEGRATION_BREAKER_HALF_OPEN_AFTER: Type.String({
+    pattern: DURATION_PATTERN,
+    default: '15s',
+    description: 'How long an open circuit refuses calls before one probe may test the service again',
   }),
   STRIPE_SECRET_KEY: Type.Optional(Type.String({ minLength: 1 })),
   STRIPE_WEBHOOK_SECRET: Type.Optional(Type.String({ minLength: 1 })),
@@ -186,11 +253,17 @@ function describe(schema: Record<string, unknown>): string {
         : ''
       return `must be an integer${range}`
     }
+    case 'number':
+      return `must be a number above ${schema.exclusiveMinimum ?? schema.minimum} and below ${schema.exclusiveMaximum ?? schema.maximum}`
     case 'boolean':
       return 'must be true or false'
     default:
       if (schema.format === 'uri') return 'must be an absolute URL'
       if (schema.pattern === DURATION_PATTERN) return 'must be a duration such as 500ms, 15s, 5m, 2h or 5d'
+      if (schema.pattern === SERVICE_DURATIONS_PATTERN)
+        return `must be a comma-separated list of service=duration, such as openai=60s,stripe=20s (services: ${SERVICES.join(', ')})`
+      if (schema.pattern === SERVICE_RATES_PATTERN)
+        return `must be a comma-separated list of service=perSecond:burst, such as openai=50:500 (services: ${SERVICES.join(', ')})`
       if (schema.pattern === DURATION_LIST_PATTERN)
         return 'must be a comma-separated list of durations such as 0s,5s,5m,2h'
       if (typeof schema.pattern === 'string') return `must match ${schema.pattern}`

@@ -72,6 +72,11 @@ async function openapiPlugin(
             'Inbound provider events (verified, stored, then processed exactly once) and outbound endpoints; ' +
             'the events delivered to endpoints are listed under webhooks',
         },
+        {
+          name: 'integrations',
+          description: 'Third-party services behind one resilience policy, and the keys orgs bring for them',
+        },
+        { name: 'billing', description: 'Plans and limits from Stripe subscriptions' },
       ],
       // Outbound events, as receivers see them; the catalogue lives with the modules that emit them.
       webhooks: webhooks as OpenApiWebhooks,

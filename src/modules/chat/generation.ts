@@ -2,6 +2,7 @@ import Anthropic from '@anthropic-ai/sdk'
 import type { FastifyBaseLogger } from 'fastify'
 import OpenAI from 'openai'
 import { errors as undiciErrors } from 'undici'
+import { ServiceUnavailableError } from '../../lib/resilience.js'
 import { type ChatProvider, type ChatTurn, type ProviderEvent, type ProviderName, providerOf } from './providers.js'
 
 /** How an answer ended. */
@@ -79,6 +80,8 @@ function statusOf(error: unknown): number | undefined {
 function worthFallingBack(error: unknown): boolean {
   // A stream that ended before its first token produced nothing: as good as a refused request.
   if (error instanceof TimeoutAbort || error instanceof CutShort) return true
+  // Its circuit is open, its bucket empty, or it did not answer: another provider may.
+  if (error instanceof ServiceUnavailableError) return true
   if (error instanceof OpenAI.APIConnectionError || error instanceof Anthropic.APIConnectionError) return true
   // A body cut off by the network: undici's socket errors (the streaming fetch), or a system error.
   if (error instanceof undiciErrors.UndiciError) return true
@@ -101,6 +104,9 @@ function failureOf(error: unknown, started: boolean): GenerationFailure {
     return error.phase === 'first-token'
       ? { code: 'UPSTREAM_TIMEOUT', message: 'The model did not start answering in time.' }
       : { code: 'STREAM_INTERRUPTED', message: 'The model stopped sending the answer.' }
+  }
+  if (error instanceof ServiceUnavailableError && error.reason === 'timeout' && !started) {
+    return { code: 'UPSTREAM_TIMEOUT', message: 'The model did not start answering in time.' }
   }
   if (started || error instanceof CutShort) {
     return { code: 'STREAM_INTERRUPTED', message: 'The answer was cut off by the model provider.' }

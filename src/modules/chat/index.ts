@@ -20,7 +20,7 @@ export async function chatModule(app: FastifyInstance, { config }: { config: Con
   const documents = createDocumentsService({
     db: app.db,
     repository: createDocumentsRepository(app.db),
-    embedder: createEmbedder(config, EMBEDDING_DIMENSIONS),
+    embedder: createEmbedder(config, EMBEDDING_DIMENSIONS, { policy: app.integrations.policy('openai') }),
     jobs: app.jobs,
     projects: app.projectsService,
     log,
@@ -36,7 +36,10 @@ export async function chatModule(app: FastifyInstance, { config }: { config: Con
   const streamingFetch = createStreamingFetch()
   const chat = createChatService({
     repository,
-    providers: createProviders(config, { fetch: streamingFetch.fetch }),
+    providers: createProviders(config, {
+      policy: (service) => app.integrations.policy(service),
+      fetch: streamingFetch.fetch,
+    }),
     projects: app.projectsService,
     retrieval: documents,
     config,

@@ -1,6 +1,7 @@
 import Anthropic from '@anthropic-ai/sdk'
 import OpenAI from 'openai'
 import type { Config } from '../../config.js'
+import type { ServicePolicy } from '../../lib/resilience.js'
 import { createEventStreamReader } from '../../lib/server-sent-events.js'
 import { readText } from './streaming-fetch.js'
 
@@ -48,26 +49,29 @@ export function providerOf(model: string): ProviderName {
  * `compatible`: an OpenAI-compatible server (Ollama, vLLM, LM Studio), which knows the classic
  * `max_tokens`; OpenAI's own newer models accept only `max_completion_tokens`.
  */
-export function openAIProvider(client: OpenAI, options: { compatible: boolean }): ChatProvider {
+export function openAIProvider(client: OpenAI, options: ProviderOptions & { compatible: boolean }): ChatProvider {
   return {
     name: 'openai',
     async stream(request, onEvent) {
-      // The SDK sends the request (authentication, bounded retries honouring Retry-After, typed
-      // errors); the body is read here, without its per-chunk objects and promises.
-      const response = await client.chat.completions
-        .create(
-          {
-            model: request.model,
-            messages: [{ role: 'system', content: request.system }, ...request.messages],
-            ...(options.compatible
-              ? { max_tokens: request.maxOutputTokens }
-              : { max_completion_tokens: request.maxOutputTokens }),
-            stream: true,
-            stream_options: { include_usage: true },
-          },
-          { signal: request.signal },
-        )
-        .asResponse()
+      // The SDK sends the request (authentication, typed errors) under the service's policy
+      // (retries honouring Retry-After, breaker, bucket) until the answer starts; the body is
+      // read here, without its per-chunk objects and promises.
+      const response = await options.policy.call(streamCall(options, request.signal), (signal) =>
+        client.chat.completions
+          .create(
+            {
+              model: request.model,
+              messages: [{ role: 'system', content: request.system }, ...request.messages],
+              ...(options.compatible
+                ? { max_tokens: request.maxOutputTokens }
+                : { max_completion_tokens: request.maxOutputTokens }),
+              stream: true,
+              stream_options: { include_usage: true },
+            },
+            { signal },
+          )
+          .asResponse(),
+      )
       let finish: string | null = null
       const events = createEventStreamReader(({ data }) => {
         if (data === '[DONE]') return
@@ -94,6 +98,30 @@ export function openAIProvider(client: OpenAI, options: { compatible: boolean })
   }
 }
 
+export interface ProviderOptions {
+  /** The service's resilience policy; the SDK's own retries are off, so every attempt goes through it. */
+  policy: ServicePolicy
+  /** Retries before the answer starts (falling back to the next model is the generation's job). */
+  maxRetries: number
+  /** Whose key the calls use: `server`, or the org that brought its own (its own bucket). */
+  credential: string
+}
+
+/**
+ * A model call may be repeated until its answer starts (nothing was produced, and providers bill
+ * only what they produce); the policy's hold ends when the response starts streaming.
+ */
+function streamCall(options: ProviderOptions, signal: AbortSignal) {
+  return {
+    operation: 'chat.stream',
+    idempotent: true,
+    stream: true,
+    signal,
+    maxRetries: options.maxRetries,
+    credential: options.credential,
+  }
+}
+
 /** The parts of a `chat.completion.chunk` read here (or of an error event in its place). */
 interface OpenAIChunk {
   choices?: { delta?: { content?: string | null }; finish_reason?: string | null }[]
@@ -101,20 +129,22 @@ interface OpenAIChunk {
   error?: Record<string, unknown>
 }
 
-export function anthropicProvider(client: Anthropic): ChatProvider {
+export function anthropicProvider(client: Anthropic, options: ProviderOptions): ChatProvider {
   return {
     name: 'anthropic',
     async stream(request, onEvent) {
-      const stream = await client.messages.create(
-        {
-          model: request.model,
-          max_tokens: request.maxOutputTokens,
-          // Marked for prompt caching: the instructions and context repeat on every turn.
-          system: [{ type: 'text', text: request.system, cache_control: { type: 'ephemeral' } }],
-          messages: request.messages,
-          stream: true,
-        },
-        { signal: request.signal },
+      const stream = await options.policy.call(streamCall(options, request.signal), (signal) =>
+        client.messages.create(
+          {
+            model: request.model,
+            max_tokens: request.maxOutputTokens,
+            // Marked for prompt caching: the instructions and context repeat on every turn.
+            system: [{ type: 'text', text: request.system, cache_control: { type: 'ephemeral' } }],
+            messages: request.messages,
+            stream: true,
+          },
+          { signal },
+        ),
       )
       for await (const event of stream) {
         if (event.type === 'content_block_delta' && event.delta.type === 'text_delta') {
@@ -134,46 +164,73 @@ export function anthropicProvider(client: Anthropic): ChatProvider {
   }
 }
 
+/** An API key and whose it is: `server` (configured) or the id of the org that brought it. */
+export interface ProviderKey {
+  apiKey: string
+  owner: string
+}
+
+/** The server's own keys, as configured. */
+export function serverKeys(config: Config): Partial<Record<ProviderName, ProviderKey>> {
+  const keys: Partial<Record<ProviderName, ProviderKey>> = {}
+  if (config.OPENAI_API_KEY) keys.openai = { apiKey: config.OPENAI_API_KEY, owner: 'server' }
+  if (config.ANTHROPIC_API_KEY) keys.anthropic = { apiKey: config.ANTHROPIC_API_KEY, owner: 'server' }
+  return keys
+}
+
+export interface ProviderDeps {
+  /** The resilience policy of each service (the integrations plugin's). */
+  policy(service: ProviderName): ServicePolicy
+  /** What the OpenAI SDK sends its requests with (createStreamingFetch, which reads streams cheaply). */
+  fetch?: typeof fetch | undefined
+  /** The keys to call with (default: the server's). */
+  keys?: Partial<Record<ProviderName, ProviderKey>> | undefined
+}
+
 /**
- * The providers this server can call, each built only when its key is configured: a provider
- * without a key is simply unavailable. The SDKs retry a little themselves (bounded); falling back
- * to another model is the generation's job. `fetch` is what the OpenAI SDK sends its requests
- * with (createStreamingFetch, which reads streamed answers cheaply).
+ * The providers this server can call, each built only when there is a key for it: a provider
+ * without one is simply unavailable. The SDKs' own retries are off: the service's policy retries
+ * (and sees every attempt); falling back to another model is the generation's job.
  */
-export function createProviders(
-  config: Config,
-  options: { fetch?: typeof fetch } = {},
-): Map<ProviderName, ChatProvider> {
+export function createProviders(config: Config, deps: ProviderDeps): Map<ProviderName, ChatProvider> {
   const providers = new Map<ProviderName, ChatProvider>()
-  const openaiKey = config.OPENAI_API_KEY
-  const anthropicKey = config.ANTHROPIC_API_KEY
+  const keys = deps.keys ?? serverKeys(config)
   // The SDK's own timeout is a backstop; first-token and idle timeouts are enforced by the caller.
   const timeout = config.CHAT_FIRST_TOKEN_TIMEOUT_MS + 10 * 60 * 1000
-  if (openaiKey) {
+  const optionsFor = (service: ProviderName, key: ProviderKey): ProviderOptions => ({
+    policy: deps.policy(service),
+    maxRetries: config.CHAT_PROVIDER_MAX_RETRIES,
+    credential: key.owner,
+  })
+  if (keys.openai) {
     providers.set(
       'openai',
       openAIProvider(
         new OpenAI({
-          apiKey: openaiKey,
+          apiKey: keys.openai.apiKey,
           ...(config.OPENAI_BASE_URL ? { baseURL: config.OPENAI_BASE_URL } : {}),
-          maxRetries: config.CHAT_PROVIDER_MAX_RETRIES,
+          maxRetries: 0,
           timeout,
-          ...(options.fetch ? { fetch: options.fetch } : {}),
+          ...(deps.fetch ? { fetch: deps.fetch } : {}),
         }),
-        { compatible: config.OPENAI_BASE_URL !== undefined && !config.OPENAI_BASE_URL.includes('api.openai.com') },
+        {
+          ...optionsFor('openai', keys.openai),
+          compatible: config.OPENAI_BASE_URL !== undefined && !config.OPENAI_BASE_URL.includes('api.openai.com'),
+        },
       ),
     )
   }
-  if (anthropicKey) {
+  if (keys.anthropic) {
     providers.set(
       'anthropic',
       anthropicProvider(
         new Anthropic({
-          apiKey: anthropicKey,
+          apiKey: keys.anthropic.apiKey,
           ...(config.ANTHROPIC_BASE_URL ? { baseURL: config.ANTHROPIC_BASE_URL } : {}),
-          maxRetries: config.CHAT_PROVIDER_MAX_RETRIES,
+          maxRetries: 0,
           timeout,
         }),
+        optionsFor('anthropic', keys.anthropic),
       ),
     )
   }
@@ -187,15 +244,20 @@ export interface Embedder {
 }
 
 /**
- * Embeddings through the OpenAI SDK (or the OpenAI-compatible server), when a key is configured.
- * The SDK retries rate limits and server errors itself, waiting as `Retry-After` asks.
+ * Embeddings through the OpenAI SDK (or the OpenAI-compatible server), when there is a key. The
+ * service's policy retries rate limits and server errors, waiting as `Retry-After` asks.
  */
-export function createEmbedder(config: Config, dimensions: number, apiKey = config.OPENAI_API_KEY): Embedder | null {
-  if (!apiKey) return null
+export function createEmbedder(
+  config: Config,
+  dimensions: number,
+  deps: { policy: ServicePolicy; key?: ProviderKey | undefined },
+): Embedder | null {
+  const key = deps.key ?? serverKeys(config).openai
+  if (!key) return null
   const client = new OpenAI({
-    apiKey,
+    apiKey: key.apiKey,
     ...(config.OPENAI_BASE_URL ? { baseURL: config.OPENAI_BASE_URL } : {}),
-    maxRetries: 4,
+    maxRetries: 0,
     timeout: 60_000,
   })
   const model = config.EMBEDDINGS_MODEL
@@ -204,11 +266,11 @@ export function createEmbedder(config: Config, dimensions: number, apiKey = conf
   return {
     model,
     async embed(texts) {
-      const response = await client.embeddings.create({
-        model,
-        input: texts,
-        ...(askDimensions ? { dimensions } : {}),
-      })
+      const response = await deps.policy.call(
+        { operation: 'embeddings.create', idempotent: true, credential: key.owner },
+        (signal) =>
+          client.embeddings.create({ model, input: texts, ...(askDimensions ? { dimensions } : {}) }, { signal }),
+      )
       const vectors = [...response.data].sort((a, b) => a.index - b.index).map((item) => item.embedding)
       for (const vector of vectors) {
         if (vector.length !== dimensions) {

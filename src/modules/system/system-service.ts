@@ -66,6 +66,29 @@ export function jobsProbe(jobs: Pick<Jobs, 'counts'>): ReadinessProbe {
   }
 }
 
+/**
+ * A configured third-party service: degraded while its circuit is open (its calls are refused,
+ * so the features that need it fail fast), never unready: the API serves everything else.
+ */
+export function integrationProbe(
+  service: string,
+  status: () => { state: string; recentErrorRate: number },
+): ReadinessProbe {
+  return {
+    name: service,
+    critical: false,
+    async check() {
+      const { state, recentErrorRate } = status()
+      if (state === 'open')
+        return { status: 'degraded', message: 'circuit open: calls are paused after repeated failures' }
+      if (state === 'half-open') return { status: 'degraded', message: 'circuit half-open: probing the service' }
+      return recentErrorRate > 0
+        ? { status: 'healthy', message: `recent error rate ${recentErrorRate}` }
+        : { status: 'healthy' }
+    },
+  }
+}
+
 export async function checkReadiness(probes: ReadinessProbe[]): Promise<Readiness> {
   const results = await Promise.all(probes.map(async (probe) => [probe, await probe.check()] as const))
   let status: Readiness['status'] = 'healthy'
