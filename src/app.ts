@@ -15,6 +15,8 @@ import type { DatabaseHandle } from './db/client.js'
 import { redactSecrets, redactUrl } from './lib/redact.js'
 import { authSchemas } from './modules/auth/auth-schemas.js'
 import { authModule } from './modules/auth/index.js'
+import { billingLimitsPlugin, billingModule } from './modules/billing/index.js'
+import { billingSchemas } from './modules/billing/billing-schemas.js'
 import { integrationsModule } from './modules/integrations/index.js'
 import { integrationSchemas } from './modules/integrations/integrations-schemas.js'
 import { orgsModule } from './modules/orgs/index.js'
@@ -185,11 +187,12 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   await app.register(dbPlugin, { config, ...(overrides.database ? { database: overrides.database } : {}) })
 
   await app.register(cryptoPlugin, { config })
+  await app.register(integrationsPlugin, { config })
+  await app.register(billingLimitsPlugin, { config })
   await app.register(authPlugin, { config })
   await app.register(idempotencyPlugin)
   await app.register(outboxPlugin)
   await app.register(jobsPlugin, { config })
-  await app.register(integrationsPlugin, { config })
   await app.register(ssePlugin)
 
   // Named component schemas are global, like the OpenAPI document's one components section, so
@@ -206,6 +209,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     ...conversationSchemas,
     ...documentSchemas,
     ...integrationSchemas,
+    ...billingSchemas,
   ])
     app.addSchema(schema)
 
@@ -216,6 +220,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   await app.register(chatModule, { config })
   await app.register(webhooksModule, { config })
   await app.register(integrationsModule)
+  await app.register(billingModule)
 
   return app
 }

@@ -92,12 +92,12 @@ export const ConfigSchema = Type.Object({
     minimum: 0,
     maximum: 5,
     default: 1,
-    description: "Retries of the providers' SDKs before falling back to the next model",
+    description: 'Retries of a model call before its answer starts, before falling back to the next model',
   }),
   CHAT_DAILY_TOKEN_BUDGET: Type.Integer({
     minimum: 0,
     default: 1_000_000,
-    description: 'Tokens (input and output) an org may use per UTC day; 0 for no budget',
+    description: "The free plan's tokens (input and output) per UTC day when BILLING_PLANS is unset; 0 for no budget",
   }),
   CHAT_MAX_CONCURRENT_STREAMS: Type.Integer({
     minimum: 1,
@@ -163,6 +163,24 @@ export const ConfigSchema = Type.Object({
   }),
   STRIPE_SECRET_KEY: Type.Optional(Type.String({ minLength: 1 })),
   STRIPE_WEBHOOK_SECRET: Type.Optional(Type.String({ minLength: 1 })),
+  STRIPE_API_URL: Type.Optional(
+    Url('Stripe API base URL (a local stand-in such as stripe-mock); default api.stripe.com'),
+  ),
+  BILLING_PLANS: Type.Optional(
+    Type.String({
+      minLength: 2,
+      description:
+        'Plans as JSON: {"free":{"dailyTokens":100000,"projects":3,"members":3},"pro":{"priceId":"price_...","dailyTokens":5000000,"projects":100,"members":50}}; a limit left out is unlimited',
+    }),
+  ),
+  BILLING_FREE_PLAN: Type.String({
+    minLength: 1,
+    default: 'free',
+    description: 'The plan (without a price) of an org that has no entitled subscription',
+  }),
+  BILLING_RETURN_URL: Type.Optional(
+    Url('Where Stripe Checkout and the customer portal send people back to (default: PUBLIC_URL)'),
+  ),
   TWILIO_AUTH_TOKEN: Type.Optional(Type.String({ minLength: 1 })),
   META_APP_SECRET: Type.Optional(Type.String({ minLength: 1 })),
   META_VERIFY_TOKEN: Type.Optional(Type.String({ minLength: 1 })),
@@ -227,6 +245,78 @@ export const ConfigSchema = Type.Object({
 })
 
 export type Config = Static<typeof ConfigSchema> & { PUBLIC_URL: string }
+
+/** What a plan allows an org; null is unlimited. */
+export interface PlanLimits {
+  dailyTokens: number | null
+  projects: number | null
+  members: number | null
+}
+
+export interface Plan extends PlanLimits {
+  id: string
+  /** The Stripe price that subscribes to it; none for the free plan. */
+  priceId: string | null
+}
+
+const PlanSchema = Type.Object(
+  {
+    priceId: Type.Optional(Type.String({ pattern: '^price_\\w+$' })),
+    dailyTokens: Type.Optional(Type.Union([Type.Integer({ minimum: 0 }), Type.Null()])),
+    projects: Type.Optional(Type.Union([Type.Integer({ minimum: 0 }), Type.Null()])),
+    members: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.Null()])),
+  },
+  { additionalProperties: false },
+)
+const PlansSchema = Type.Record(Type.String({ pattern: '^[a-z0-9][a-z0-9_-]{0,39}$' }), PlanSchema)
+
+/**
+ * The plans of BILLING_PLANS; without it, one free plan whose daily tokens are
+ * CHAT_DAILY_TOKEN_BUDGET (0: unlimited) and with no other limit.
+ */
+export function billingPlans(config: Pick<Config, 'BILLING_PLANS' | 'CHAT_DAILY_TOKEN_BUDGET'>): Plan[] {
+  if (!config.BILLING_PLANS) {
+    const dailyTokens = config.CHAT_DAILY_TOKEN_BUDGET > 0 ? config.CHAT_DAILY_TOKEN_BUDGET : null
+    return [{ id: 'free', priceId: null, dailyTokens, projects: null, members: null }]
+  }
+  const parsed = JSON.parse(config.BILLING_PLANS) as Static<typeof PlansSchema>
+  return Object.entries(parsed).map(([id, plan]) => ({
+    id,
+    priceId: plan.priceId ?? null,
+    dailyTokens: plan.dailyTokens ?? null,
+    projects: plan.projects ?? null,
+    members: plan.members ?? null,
+  }))
+}
+
+function checkPlans(config: Static<typeof ConfigSchema>): void {
+  if (config.BILLING_PLANS !== undefined) {
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(config.BILLING_PLANS)
+    } catch {
+      throw new ConfigError(
+        'BILLING_PLANS',
+        'must be JSON, such as {"free":{"projects":3},"pro":{"priceId":"price_123"}}',
+      )
+    }
+    if (!Value.Check(PlansSchema, parsed)) {
+      const [first] = Value.Errors(PlansSchema, parsed)
+      throw new ConfigError(
+        'BILLING_PLANS',
+        `is invalid at ${first?.instancePath || '/'}: ${first?.message ?? 'bad value'}`,
+      )
+    }
+  }
+  const plans = billingPlans(config)
+  const free = plans.find((plan) => plan.id === config.BILLING_FREE_PLAN)
+  if (!free)
+    throw new ConfigError('BILLING_FREE_PLAN', `names no plan of BILLING_PLANS (${plans.map((p) => p.id).join(', ')})`)
+  if (free.priceId) throw new ConfigError('BILLING_FREE_PLAN', 'must name a plan without a priceId')
+  const prices = plans.flatMap((plan) => (plan.priceId ? [plan.priceId] : []))
+  if (new Set(prices).size !== prices.length)
+    throw new ConfigError('BILLING_PLANS', 'must not give two plans the same priceId')
+}
 
 export class ConfigError extends Error {
   constructor(
@@ -326,6 +416,8 @@ export function loadConfig(options: { env?: NodeJS.ProcessEnv; envFile?: string 
   if (config.NODE_ENV === 'production' && config.WEBHOOK_ALLOW_PRIVATE_TARGETS) {
     throw new ConfigError('WEBHOOK_ALLOW_PRIVATE_TARGETS', 'must not be true in production')
   }
+
+  checkPlans(config)
 
   if (durationListMs(config.WEBHOOK_RETRY_SCHEDULE)[0] !== 0) {
     throw new ConfigError('WEBHOOK_RETRY_SCHEDULE', 'must start with 0 (the first attempt is made at once)')

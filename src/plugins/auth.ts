@@ -49,7 +49,9 @@ async function authPlugin(app: FastifyInstance, { config }: { config: Config }) 
     db: app.db,
     repository: orgsRepository,
     onMembershipChange: (userId) => memberships.invalidate(userId),
+    limits: app.billing,
   })
+  app.billing.registerUsage('members', (orgId, tx) => orgsRepository.countMembers(orgId, tx))
   const tokenService = createTokenService({
     repository: createAuthRepository(app.db),
     cryptoBox: app.cryptoBox,
@@ -147,4 +149,4 @@ async function authPlugin(app: FastifyInstance, { config }: { config: Config }) 
   })
 }
 
-export default fp(authPlugin, { name: 'auth', fastify: '5.x', dependencies: ['db', 'crypto', 'redis'] })
+export default fp(authPlugin, { name: 'auth', fastify: '5.x', dependencies: ['db', 'crypto', 'redis', 'billing'] })

@@ -58,14 +58,14 @@ t.test('daily token budget (CHAT_DAILY_TOKEN_BUDGET=50)', async (t) => {
   const app = await buildTestApp(t, { env: { ...providers, CHAT_DAILY_TOKEN_BUDGET: '50' } })
   const chat = chatOn(app)
 
-  t.test('an answer that uses up the budget: the next request is QUOTA_EXCEEDED', async (t) => {
+  t.test('an answer that uses up the budget: the next request is PLAN_LIMIT', async (t) => {
     const user = await account(app)
     openai.next({ usage: { input: 40, output: 20 } })
     const first = readChat(t, await chat(user, { message: 'hello' })).done
     t.equal(first?.usage.totalTokens, 60, 'the first answer is admitted with nothing used yet')
     const before = calls()
     const refused = await chat(user, { message: 'again' })
-    const retryAfter = assertRefused(t, refused, 'QUOTA_EXCEEDED')
+    const retryAfter = assertRefused(t, refused, 'PLAN_LIMIT')
     t.ok(retryAfter <= 86_400, `until the next UTC midnight (${retryAfter} s)`)
     t.same(calls(), before, 'no provider was called')
     t.equal((await usageRowsOf(app, user.userId)).length, 1, 'a refusal is not metered')
@@ -82,11 +82,7 @@ t.test('daily token budget (CHAT_DAILY_TOKEN_BUDGET=50)', async (t) => {
     t.equal(created.statusCode, 201)
     const id: string = created.json().id
     const before = calls()
-    assertRefused(
-      t,
-      await callAs(app, user, 'POST', `/conversations/${id}/messages`, { content: 'hi' }),
-      'QUOTA_EXCEEDED',
-    )
+    assertRefused(t, await callAs(app, user, 'POST', `/conversations/${id}/messages`, { content: 'hi' }), 'PLAN_LIMIT')
     t.same(calls(), before, 'no provider was called')
     const stored = await callAs(app, user, 'GET', `/conversations/${id}`)
     t.same(stored.json().messages, [], 'no message was stored')
@@ -109,8 +105,8 @@ t.test('daily token budget (CHAT_DAILY_TOKEN_BUDGET=50)', async (t) => {
     t.ok(readChat(t, await chat(owner, { message: 'three', projectId })).done, '51 of 50 used')
 
     const before = calls()
-    assertRefused(t, await chat(member, { message: 'four', projectId }), 'QUOTA_EXCEEDED', 'the member')
-    assertRefused(t, await chat(owner, { message: 'five', projectId }), 'QUOTA_EXCEEDED', 'the owner')
+    assertRefused(t, await chat(member, { message: 'four', projectId }), 'PLAN_LIMIT', 'the member')
+    assertRefused(t, await chat(owner, { message: 'five', projectId }), 'PLAN_LIMIT', 'the owner')
     t.same(calls(), before, 'no provider was called')
     t.ok(readChat(t, await chat(owner, { message: 'personal' })).done, "the owner's personal org has its own budget")
   })

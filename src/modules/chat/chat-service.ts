@@ -1,3 +1,4 @@
+import { type Billing, planLimitProblem } from '../billing/billing-service.js'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../../config.js'
 import { newId } from '../../lib/ids.js'
@@ -105,6 +106,8 @@ export function createChatService(deps: {
   providers: ReadonlyMap<ProviderName, ChatProvider>
   projects: { get(auth: AuthContext, id: string): Promise<{ id: string; orgId: string }> }
   retrieval?: Retrieval
+  /** The org's plan: its tokens per day. */
+  billing: Pick<Billing, 'planOf' | 'limitsTokens'>
   config: Pick<
     Config,
     | 'CHAT_DEFAULT_MODEL'
@@ -112,7 +115,6 @@ export function createChatService(deps: {
     | 'CHAT_FIRST_TOKEN_TIMEOUT_MS'
     | 'CHAT_IDLE_TIMEOUT_MS'
     | 'CHAT_MAX_OUTPUT_TOKENS'
-    | 'CHAT_DAILY_TOKEN_BUDGET'
     | 'CHAT_MAX_CONCURRENT_STREAMS'
   >
   log: FastifyBaseLogger
@@ -148,15 +150,17 @@ export function createChatService(deps: {
     }
     const candidates = candidatesFor(input.model ?? config.CHAT_DEFAULT_MODEL, fallbacks, providers)
     if (candidates.length === 0) throw problems.notConfigured('Chat (no model provider is configured)')
-    if (config.CHAT_DAILY_TOKEN_BUDGET > 0) {
-      const used = tokensToday ?? (await repository.tokensToday(orgId))
-      if (used >= config.CHAT_DAILY_TOKEN_BUDGET) {
-        throw new HttpProblem(
-          429,
-          'QUOTA_EXCEEDED',
-          `The organization has used its ${config.CHAT_DAILY_TOKEN_BUDGET} tokens for today (UTC).`,
-          { headers: { 'retry-after': String(secondsUntilUtcMidnight()) } },
-        )
+    if (deps.billing.limitsTokens) {
+      const plan = await deps.billing.planOf(orgId)
+      if (plan.dailyTokens !== null) {
+        const used = tokensToday ?? (await repository.tokensToday(orgId))
+        if (used >= plan.dailyTokens) {
+          throw planLimitProblem(
+            429,
+            `The organization has used the ${plan.dailyTokens} tokens its ${plan.id} plan allows today (UTC).`,
+            { 'retry-after': String(secondsUntilUtcMidnight()) },
+          )
+        }
       }
     }
     const running = streaming.get(auth.userId) ?? 0

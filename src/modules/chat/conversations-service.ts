@@ -81,12 +81,10 @@ export function createConversationsService(deps: {
   requestStop(messageId: string): Promise<void>
   config: Pick<
     Config,
-    | 'CHAT_DEFAULT_MODEL'
-    | 'CHAT_FIRST_TOKEN_TIMEOUT_MS'
-    | 'CHAT_IDLE_TIMEOUT_MS'
-    | 'CHAT_MAX_OUTPUT_TOKENS'
-    | 'CHAT_DAILY_TOKEN_BUDGET'
+    'CHAT_DEFAULT_MODEL' | 'CHAT_FIRST_TOKEN_TIMEOUT_MS' | 'CHAT_IDLE_TIMEOUT_MS' | 'CHAT_MAX_OUTPUT_TOKENS'
   >
+  /** Whether any plan limits tokens per day: then the turn's read counts the org's tokens today. */
+  countTokensToday: boolean
   log: FastifyBaseLogger
 }) {
   const { repository, chat, live, projects, config, log } = deps
@@ -99,7 +97,7 @@ export function createConversationsService(deps: {
         staleMs: ABANDONED_AFTER_MS,
         historyTurns: HISTORY_TURNS,
         // Read with the conversation, rather than by a statement of its own per message.
-        countTokensToday: config.CHAT_DAILY_TOKEN_BUDGET > 0,
+        countTokensToday: deps.countTokensToday,
       }),
     maxBatch: TURNS_PER_STATEMENT,
     writers: 2,

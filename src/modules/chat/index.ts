@@ -42,6 +42,7 @@ export async function chatModule(app: FastifyInstance, { config }: { config: Con
     }),
     projects: app.projectsService,
     retrieval: documents,
+    billing: app.billing,
     config,
     log,
   })
@@ -52,9 +53,11 @@ export async function chatModule(app: FastifyInstance, { config }: { config: Con
     live,
     projects: app.projectsService,
     requestStop: (messageId) => repository.notifyStop(messageId),
+    countTokensToday: app.billing.limitsTokens,
     config,
     log,
   })
+  app.billing.registerUsage('dailyTokens', (orgId, tx) => repository.tokensToday(orgId, tx))
   await app.register(chatRoutes(chat, config), { prefix: '/api/v1' })
   await app.register(conversationsRoutes(conversations, config), { prefix: '/api/v1' })
   await app.register(documentsRoutes(documents), { prefix: '/api/v1' })

@@ -114,6 +114,14 @@ export function createOrgsRepository(db: Executor) {
      * Owners of an org, locking their membership rows: two concurrent demotions of the last two
      * owners then run one after the other, and the second sees only one owner left.
      */
+    async countMembers(orgId: string, tx: Executor = db): Promise<number> {
+      const [row] = await tx
+        .select({ count: sql<number>`count(*)::int` })
+        .from(memberships)
+        .where(eq(memberships.orgId, orgId))
+      return Number(row?.count ?? 0)
+    },
+
     async lockOwners(orgId: string, tx: Executor) {
       const rows = await tx
         .select({ userId: memberships.userId })

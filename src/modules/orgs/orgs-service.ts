@@ -1,3 +1,4 @@
+import type { Billing } from '../billing/billing-service.js'
 import type { Database, Executor } from '../../db/client.js'
 import { cursorParam, toPage } from '../../lib/cursor.js'
 import { newId } from '../../lib/ids.js'
@@ -28,6 +29,8 @@ export function createOrgsService(deps: {
   repository: OrgsRepository
   /** Told after a user's memberships changed (committed), so cached roles are dropped. */
   onMembershipChange?: (userId: string) => void
+  /** The org's plan limits its seats (403 PLAN_LIMIT when full). */
+  limits?: Pick<Billing, 'assertRoomFor'>
 }) {
   const { db, repository } = deps
   const changed = (userId: string) => deps.onMembershipChange?.(userId)
@@ -110,6 +113,7 @@ export function createOrgsService(deps: {
         if (await repository.findMembership(orgId, input.userId, tx)) {
           throw problems.conflict('That user is already a member.', 'ALREADY_MEMBER')
         }
+        await deps.limits?.assertRoomFor(orgId, 'members', tx)
         await repository.insertMembership({ orgId, userId: input.userId, role: input.role }, tx)
         await audit(
           {

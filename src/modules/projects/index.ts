@@ -17,14 +17,21 @@ declare module 'fastify' {
  * `projectsService` is visible to the modules registered after it; its routes stay in their own context.
  */
 async function projects(app: FastifyInstance) {
+  const repository = createProjectsRepository(app.db)
   const service = createProjectsService({
     db: app.db,
-    repository: createProjectsRepository(app.db),
+    repository,
     outbox: app.outbox,
     orgs: app.orgsService,
+    limits: app.billing,
   })
+  app.billing.registerUsage('projects', (orgId, tx) => repository.countInOrg(orgId, tx))
   app.decorate('projectsService', { get: (auth: AuthContext, id: string) => service.visible(auth, id) })
   await app.register(projectsRoutes(service), { prefix: '/api/v1' })
 }
 
-export const projectsModule = fp(projects, { name: 'projects', fastify: '5.x', dependencies: ['outbox', 'auth'] })
+export const projectsModule = fp(projects, {
+  name: 'projects',
+  fastify: '5.x',
+  dependencies: ['outbox', 'auth', 'billing'],
+})

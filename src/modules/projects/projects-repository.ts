@@ -42,6 +42,14 @@ export function createProjectsRepository(db: Executor) {
     .prepare('projects_find_visible')
 
   return {
+    async countInOrg(orgId: string, tx: Executor = db): Promise<number> {
+      const [row] = await tx
+        .select({ count: sql<number>`count(*)::int` })
+        .from(projects)
+        .where(eq(projects.orgId, orgId))
+      return Number(row?.count ?? 0)
+    },
+
     async insert(values: typeof projects.$inferInsert, tx: Executor = db): Promise<ProjectRow> {
       const [row] = await tx.insert(projects).values(values).returning()
       return row as ProjectRow

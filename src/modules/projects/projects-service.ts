@@ -1,3 +1,4 @@
+import type { Billing } from '../billing/billing-service.js'
 import { createHash } from 'node:crypto'
 import type { Database, Executor } from '../../db/client.js'
 import { cursorParam, timestampCursorParam, toPage } from '../../lib/cursor.js'
@@ -52,6 +53,8 @@ export function createProjectsService(deps: {
   repository: ProjectsRepository
   outbox: Outbox
   orgs: Pick<OrgsService, 'audit'>
+  /** The org's plan limits its projects (403 PLAN_LIMIT when full). */
+  limits?: Pick<Billing, 'assertRoomFor'>
 }) {
   const { db, repository, outbox, orgs } = deps
 
@@ -82,6 +85,7 @@ export function createProjectsService(deps: {
     const data = input.data === undefined || input.data === null ? {} : input.data
     checkDataSize(data)
     return db.transaction(async (tx) => {
+      await deps.limits?.assertRoomFor(orgId, 'projects', tx)
       const project = await repository.insert(
         {
           id: newId('prj'),
