@@ -217,9 +217,9 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   await app.register(authModule)
   await app.register(orgsModule)
   await app.register(projectsModule)
+  await app.register(integrationsModule, { config })
   await app.register(chatModule, { config })
   await app.register(webhooksModule, { config })
-  await app.register(integrationsModule)
   await app.register(billingModule)
 
   return app

@@ -56,6 +56,19 @@ export interface CallOptions {
   stream?: boolean | undefined
   /** Whose credential pays for the call (the server's or an org's own key): one bucket each. */
   credential?: string | undefined
+  /**
+   * Whether the caller aborted because the service was too slow by the caller's own deadline (a
+   * model's first token): such an abort counts against the service like a timeout; others do not.
+   */
+  abortIsTimeout?: ((reason: unknown) => boolean) | undefined
+}
+
+/** The caller's signal ended an attempt; `serviceTimedOut` when it did so for the service's slowness. */
+class CallerAbort extends Error {
+  constructor(readonly serviceTimedOut: boolean) {
+    super(serviceTimedOut ? 'the caller timed the service out' : 'the caller gave up')
+    this.name = 'CallerAbort'
+  }
 }
 
 export type AttemptOutcome =
@@ -240,7 +253,11 @@ export function createServicePolicy(deps: {
   let lastFailureAt: Date | null = null
 
   const breaker = circuitBreaker(
-    handleWhen((error) => !(error instanceof ServiceUnavailableError) && isServiceFailure(failureFacts(error))),
+    handleWhen((error) =>
+      error instanceof CallerAbort
+        ? error.serviceTimedOut
+        : !(error instanceof ServiceUnavailableError) && isServiceFailure(failureFacts(error)),
+    ),
     {
       halfOpenAfter: settings.breaker.halfOpenAfterMs,
       breaker: new SamplingBreaker({
@@ -283,7 +300,10 @@ export function createServicePolicy(deps: {
       })
       const retryable = (error: Error): boolean => {
         if (callerSignal?.aborted) return false
-        if (error instanceof ServiceUnavailableError) return error.reason !== 'circuit-open'
+        if (error instanceof ServiceUnavailableError) {
+          // Refused by our own bucket: nothing was sent. A timeout may have been processed.
+          return error.reason === 'throttled' || (error.reason === 'timeout' && options.idempotent)
+        }
         const facts = failureFacts(error)
         if (facts.shouldRetry !== undefined) return facts.shouldRetry
         if (facts.status === 429) return true
@@ -324,21 +344,29 @@ export function createServicePolicy(deps: {
           // A retry's wait is not interrupted by the caller giving up; its attempt must not start.
           if (callerSignal?.aborted) throw callerSignal.reason
           await draw(options.credential ?? 'server')
-          const value = await breaker.execute(
-            () =>
-              perAttempt.execute(({ signal }) =>
-                fn(callerSignal && options.stream ? AbortSignal.any([signal, callerSignal]) : signal),
-              ),
-            callerSignal,
-          )
+          const value = await breaker.execute(async () => {
+            try {
+              return await perAttempt.execute(
+                // A stream's body outlives the attempt: its signal must keep following the caller's.
+                ({ signal }) => fn(callerSignal && options.stream ? AbortSignal.any([signal, callerSignal]) : signal),
+                callerSignal,
+              )
+            } catch (error) {
+              if (!callerSignal?.aborted) throw error
+              throw new CallerAbort(options.abortIsTimeout?.(callerSignal.reason) === true)
+            }
+          }, callerSignal)
           lastSuccessAt = new Date()
           window.record(false)
           report('success', undefined)
           return value
         } catch (raw) {
-          const aborted = callerSignal?.aborted === true
+          // A caller's own deadline for the service (a first token that never came) counts against it.
+          const callerTimeout = raw instanceof CallerAbort && raw.serviceTimedOut
+          const aborted = callerSignal?.aborted === true && !callerTimeout
           let error = raw
           if (raw instanceof BrokenCircuitError) error = new ServiceUnavailableError(service, 'circuit-open')
+          else if (callerTimeout) error = new ServiceUnavailableError(service, 'timeout')
           else if (raw instanceof TaskCancelledError && !aborted)
             error = new ServiceUnavailableError(service, 'timeout')
           const facts = failureFacts(raw)
@@ -349,6 +377,8 @@ export function createServicePolicy(deps: {
             window.record(serviceSide || outcome === 'rate_limited')
           }
           report(outcome, facts.status)
+          // The caller learns of its own abort as it caused it.
+          if (callerSignal?.aborted) throw callerSignal.reason
           throw error
         }
       }, callerSignal)

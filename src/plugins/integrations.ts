@@ -44,14 +44,14 @@ const BUILT_IN_TIMEOUTS: Record<ServiceName, number> = { openai: 60_000, anthrop
 function bucketFor(app: FastifyInstance, perSecond: number, burst: number): Bucket | undefined {
   if (perSecond === 0) return undefined
   const steady = { points: perSecond, duration: 1, keyPrefix: 'integration-rate' }
-  const extra = { points: Math.max(burst, 1), duration: 10, keyPrefix: 'integration-burst' }
+  const extra = { points: burst, duration: 10, keyPrefix: 'integration-burst' }
   const store = (options: typeof steady) => {
     const memory = new RateLimiterMemory(options)
     return app.redis
       ? new RateLimiterRedis({ ...options, storeClient: app.redis, useRedisPackage: false, insuranceLimiter: memory })
       : memory
   }
-  return new BurstyRateLimiter(store(steady), store(extra))
+  return burst > 0 ? new BurstyRateLimiter(store(steady), store(extra)) : store(steady)
 }
 
 async function integrationsPlugin(app: FastifyInstance, { config }: { config: Config }) {

@@ -119,6 +119,8 @@ function streamCall(options: ProviderOptions, signal: AbortSignal) {
     signal,
     maxRetries: options.maxRetries,
     credential: options.credential,
+    // No first token in time: the provider is failing, even though the generation pulled the plug.
+    abortIsTimeout: (reason: unknown) => (reason as { name?: unknown } | null)?.name === 'TimeoutAbort',
   }
 }
 

@@ -1,5 +1,6 @@
 import { Type } from 'typebox'
 import { SERVICES } from '../../config.js'
+import { BYOK_SERVICES } from './credentials-service.js'
 
 const Timestamp = Type.String({ format: 'date-time' })
 
@@ -10,6 +11,9 @@ export const IntegrationStatusSchema = Type.Object(
       { description: 'The third-party service' },
     ),
     configured: Type.Boolean({ description: 'This server holds a credential for the service' }),
+    orgCredential: Type.Union([Type.Unsafe(Type.Ref('OrgCredential')), Type.Null()], {
+      description: "The org's own key for the service, used instead of the server's (model providers only)",
+    }),
     circuit: Type.Union([Type.Literal('closed'), Type.Literal('open'), Type.Literal('half-open')], {
       description: 'open: calls are refused after repeated failures; half-open: one probe is testing the service',
     }),
@@ -27,6 +31,32 @@ export const IntegrationStatusSchema = Type.Object(
   { $id: 'IntegrationStatus', title: 'IntegrationStatus' },
 )
 
+export const OrgCredentialSchema = Type.Object(
+  {
+    lastFour: Type.String({ description: 'The last four characters of the key; the key itself is never shown again' }),
+    setAt: Timestamp,
+  },
+  { $id: 'OrgCredential', title: 'OrgCredential' },
+)
+
+export const CredentialParams = Type.Object(
+  {
+    orgId: Type.String(),
+    service: Type.Union(
+      BYOK_SERVICES.map((service) => Type.Literal(service)),
+      { description: 'The model provider' },
+    ),
+  },
+  { additionalProperties: false },
+)
+
+export const CredentialBody = Type.Object(
+  {
+    apiKey: Type.String({ minLength: 8, maxLength: 512, pattern: '^\\S+\\s*$', description: "The provider's API key" }),
+  },
+  { additionalProperties: false },
+)
+
 export const IntegrationListSchema = Type.Object(
   { data: Type.Array(Type.Unsafe(Type.Ref('IntegrationStatus'))) },
   { $id: 'IntegrationList', title: 'IntegrationList' },
@@ -37,4 +67,4 @@ export const IntegrationsQuery = Type.Object(
   { additionalProperties: false },
 )
 
-export const integrationSchemas = [IntegrationStatusSchema, IntegrationListSchema]
+export const integrationSchemas = [OrgCredentialSchema, IntegrationStatusSchema, IntegrationListSchema]
