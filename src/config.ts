@@ -187,6 +187,13 @@ export const ConfigSchema = Type.Object({
   ENCRYPTION_KEY: Type.Optional(
     Type.String({ pattern: '^[A-Za-z0-9+/]{43}=$', description: '32 random bytes, base64 (openssl rand -base64 32)' }),
   ),
+  ENCRYPTION_KEY_RETIRED: Type.Optional(
+    Type.String({
+      pattern: '^[A-Za-z0-9+/]{43}=(,[A-Za-z0-9+/]{43}=)*$',
+      description:
+        'Previous encryption keys (comma-separated), still able to open what they sealed while `npm run keys:rotate-encryption` re-seals it',
+    }),
+  ),
   WEBHOOK_ALLOW_PRIVATE_TARGETS: Type.Boolean({ default: false }),
   WEBHOOK_RETRY_SCHEDULE: Type.String({
     pattern: DURATION_LIST_PATTERN,

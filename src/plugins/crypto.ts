@@ -37,8 +37,16 @@ export function resolveEncryptionKey(config: Config): Buffer {
   return key
 }
 
+/** Keys that sealed values before the current one; they open what is not re-sealed yet. */
+export function retiredEncryptionKeys(config: Pick<Config, 'ENCRYPTION_KEY_RETIRED'>): Buffer[] {
+  return (config.ENCRYPTION_KEY_RETIRED ?? '')
+    .split(',')
+    .filter(Boolean)
+    .map((key) => Buffer.from(key, 'base64'))
+}
+
 async function cryptoPlugin(app: FastifyInstance, { config }: { config: Config }) {
-  app.decorate('cryptoBox', new CryptoBox(resolveEncryptionKey(config)))
+  app.decorate('cryptoBox', new CryptoBox(resolveEncryptionKey(config), retiredEncryptionKeys(config)))
 }
 
 export default fp(cryptoPlugin, { name: 'crypto', fastify: '5.x' })

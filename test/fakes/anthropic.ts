@@ -35,7 +35,18 @@ export class FakeAnthropic extends FakeLlmServer {
   }
 
   protected kindOf(method: string, path: string): RequestKind {
+    if (method === 'GET' && path === '/v1/models') return 'models'
     return method === 'POST' && path === '/v1/messages' ? 'chat' : 'other'
+  }
+
+  protected modelsBody() {
+    const model = {
+      type: 'model',
+      id: 'claude-haiku-4-5',
+      display_name: 'Claude Haiku 4.5',
+      created_at: '2025-10-01T00:00:00Z',
+    }
+    return { data: [model], has_more: false, first_id: model.id, last_id: model.id }
   }
 
   protected apiKeyOf(headers: IncomingHttpHeaders): string | undefined {

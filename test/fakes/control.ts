@@ -129,7 +129,7 @@ export class BehaviourQueue {
   }
 }
 
-export type RequestKind = 'chat' | 'embeddings' | 'other'
+export type RequestKind = 'chat' | 'embeddings' | 'models' | 'other'
 
 export interface RecordedRequest {
   /** Position in `fake.requests`. */
@@ -375,8 +375,13 @@ export abstract class FakeLlmServer {
   private shuttingDown = false
   private port = 0
 
+  /** Keys the fake refuses with 401, as the provider refuses a revoked or mistyped key. */
+  readonly invalidKeys = new Set<string>()
+
   protected abstract readonly requestIdHeader: string
   protected abstract kindOf(method: string, path: string): RequestKind
+  /** The body of `GET /v1/models` (the cheap call that checks a key). */
+  protected abstract modelsBody(): unknown
   protected abstract apiKeyOf(headers: IncomingHttpHeaders): string | undefined
   /** The provider's error JSON for a status. */
   protected abstract errorBody(status: number, message?: string, param?: string): unknown
@@ -571,6 +576,10 @@ export abstract class FakeLlmServer {
 
     res.setHeader(this.requestIdHeader, randomId('req_'))
     if (kind === 'other') return ex.json(404, this.errorBody(404, `Unknown request URL: ${method} ${path}`))
+    if (record.apiKey === undefined || this.invalidKeys.has(record.apiKey)) {
+      return ex.json(401, this.errorBody(401))
+    }
+    if (kind === 'models') return ex.json(200, this.modelsBody())
     if (invalidJson) return ex.json(400, this.errorBody(400, 'We could not parse the JSON body of your request.'))
     if (behaviour.hang === true) return ex.waitClosed()
     const fail = behaviour.failBeforeFirstToken

@@ -42,10 +42,24 @@ export class FakeOpenAI extends FakeLlmServer {
   }
 
   protected kindOf(method: string, path: string): RequestKind {
+    if (method === 'GET' && path === '/v1/models') return 'models'
     if (method !== 'POST') return 'other'
     if (path === '/v1/chat/completions') return 'chat'
     if (path === '/v1/embeddings') return 'embeddings'
     return 'other'
+  }
+
+  protected modelsBody() {
+    const created = Math.floor(Date.now() / 1000)
+    return {
+      object: 'list',
+      data: ['gpt-4o-mini', 'text-embedding-3-small'].map((id) => ({
+        id,
+        object: 'model',
+        created,
+        owned_by: 'system',
+      })),
+    }
   }
 
   protected apiKeyOf(headers: IncomingHttpHeaders): string | undefined {

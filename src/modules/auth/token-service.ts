@@ -1,3 +1,5 @@
+import type { SealedColumn } from '../../db/reseal.js'
+import { signingKeys } from '../../db/schema/index.js'
 import { randomUUID } from 'node:crypto'
 import {
   createRemoteJWKSet,
@@ -62,6 +64,19 @@ export interface TokenServiceOptions {
  * audience, `typ` and expiry, and refuses kids it does not own. Verified tokens are cached until
  * they expire, so a signature is checked once per token, not once per request.
  */
+/** What a sealed private key is bound to: its key id. */
+export const signingKeyAad = (kid: string) => `signing-key:${kid}`
+
+/** The signing keys' private halves, for re-sealing under a new instance key. */
+export const sealedSigningKeys: SealedColumn = {
+  name: 'signing keys',
+  table: signingKeys,
+  id: signingKeys.kid,
+  column: signingKeys.privateJwkSealed,
+  key: 'privateJwkSealed',
+  aad: signingKeyAad,
+}
+
 export function createTokenService(options: TokenServiceOptions) {
   const { repository, cryptoBox, issuer, audience } = options
   let keys: LoadedKey[] = []
@@ -76,7 +91,7 @@ export function createTokenService(options: TokenServiceOptions) {
       })
     : null
 
-  const aadFor = (kid: string) => `signing-key:${kid}`
+  const aadFor = signingKeyAad
 
   async function load(): Promise<void> {
     const rows = await repository.listSigningKeys()

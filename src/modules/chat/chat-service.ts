@@ -48,6 +48,7 @@ const RETRIEVED_PASSAGES = 5
 
 export interface Retrieval {
   retrieve(
+    orgId: string,
     projectId: string,
     query: string,
     topK: number,
@@ -103,7 +104,8 @@ function secondsUntilUtcMidnight(now = new Date()): number {
 
 export function createChatService(deps: {
   repository: ChatRepository
-  providers: ReadonlyMap<ProviderName, ChatProvider>
+  /** The providers an org's chats use: with its own keys where it brought them, else the server's. */
+  providersFor(orgId: string): Promise<ReadonlyMap<ProviderName, ChatProvider>>
   projects: { get(auth: AuthContext, id: string): Promise<{ id: string; orgId: string }> }
   retrieval?: Retrieval
   /** The org's plan: its tokens per day. */
@@ -119,7 +121,7 @@ export function createChatService(deps: {
   >
   log: FastifyBaseLogger
 }) {
-  const { repository, providers, projects, config, log } = deps
+  const { repository, providersFor, projects, config, log } = deps
   const fallbacks = config.CHAT_FALLBACK_MODELS.split(',')
     .map((model) => model.trim())
     .filter(Boolean)
@@ -148,7 +150,7 @@ export function createChatService(deps: {
       orgId = orgOrDefault(auth, undefined)
       requireOrgRole(auth, orgId, 'member')
     }
-    const candidates = candidatesFor(input.model ?? config.CHAT_DEFAULT_MODEL, fallbacks, providers)
+    const candidates = candidatesFor(input.model ?? config.CHAT_DEFAULT_MODEL, fallbacks, await providersFor(orgId))
     if (candidates.length === 0) throw problems.notConfigured('Chat (no model provider is configured)')
     if (deps.billing.limitsTokens) {
       const plan = await deps.billing.planOf(orgId)
@@ -216,10 +218,15 @@ export function createChatService(deps: {
    * The client's passages, then the project's passages that best match the question. Retrieval
    * failing leaves the answer ungrounded rather than failing it.
    */
-  async function grounding(projectId: string | null | undefined, question: string, given: ContextChunk[] = []) {
+  async function grounding(
+    orgId: string,
+    projectId: string | null | undefined,
+    question: string,
+    given: ContextChunk[] = [],
+  ) {
     if (!projectId || !deps.retrieval) return given
     try {
-      const { results } = await deps.retrieval.retrieve(projectId, question, RETRIEVED_PASSAGES)
+      const { results } = await deps.retrieval.retrieve(orgId, projectId, question, RETRIEVED_PASSAGES)
       return [
         ...given,
         ...results.map((result) => ({
@@ -253,6 +260,7 @@ export function createChatService(deps: {
       const messageId = newId('msg')
       try {
         const chunks = await grounding(
+          admitted.orgId,
           input.projectId,
           input.message,
           (input.context?.chunks ?? []).map(normaliseChunk),

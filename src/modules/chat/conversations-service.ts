@@ -247,7 +247,7 @@ export function createConversationsService(deps: {
   ) {
     try {
       const question = messages.at(-1)?.content ?? ''
-      const chunks = await chat.grounding(conversation.projectId, question)
+      const chunks = await chat.grounding(conversation.orgId, conversation.projectId, question)
       const result = await generate(
         {
           candidates: admitted.candidates,

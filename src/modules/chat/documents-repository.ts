@@ -67,6 +67,11 @@ export function createDocumentsRepository(db: Executor) {
       await tx.delete(documents).where(eq(documents.id, id))
     },
 
+    async orgOf(documentId: string, tx: Executor = db): Promise<string | undefined> {
+      const [row] = await tx.select({ orgId: documents.orgId }).from(documents).where(eq(documents.id, documentId))
+      return row?.orgId
+    },
+
     async setStatus(id: string, status: DocumentRow['status'], error: string | null, tx: Executor = db) {
       await tx
         .update(documents)

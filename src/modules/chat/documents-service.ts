@@ -39,12 +39,13 @@ const hashOf = (text: string) => createHash('sha256').update(text).digest('hex')
 export function createDocumentsService(deps: {
   db: Database
   repository: DocumentsRepository
-  embedder: Embedder | null
+  /** The embeddings provider an org's documents use: its own key, or the server's; null without either. */
+  embedderFor(orgId: string): Promise<Embedder | null>
   jobs: Jobs
   projects: { get(auth: AuthContext, id: string): Promise<{ id: string; orgId: string }> }
   log: FastifyBaseLogger
 }) {
-  const { db, repository, embedder, jobs, projects, log } = deps
+  const { db, repository, embedderFor, jobs, projects, log } = deps
 
   /** The project, if the caller may read (or write) its documents; 404 for other orgs' projects. */
   async function project(auth: AuthContext, projectId: string, access: 'read' | 'write') {
@@ -55,7 +56,7 @@ export function createDocumentsService(deps: {
   }
 
   /** Vectors for texts, from the cache where possible; new ones are cached. Batches of at most 100. */
-  async function embedTexts(texts: string[]): Promise<number[][]> {
+  async function embedTexts(embedder: Embedder | null, texts: string[]): Promise<number[][]> {
     if (!embedder) throw new Error('no embeddings provider')
     const keys = texts.map((text) => hashOf(`${embedder.model}\n${text}`))
     const cached = await repository.cachedEmbeddings([...new Set(keys)])
@@ -72,11 +73,18 @@ export function createDocumentsService(deps: {
   }
 
   /** Embeds what is not embedded yet; the document is ready after, or failed with a reason. */
-  async function embedDocument(documentId: string): Promise<void> {
+  async function embedDocument(documentId: string, orgId?: string): Promise<void> {
+    const owner = orgId ?? (await repository.orgOf(documentId))
+    // Deleted meanwhile: nothing left to embed.
+    if (owner === undefined) return
+    const embedder = await embedderFor(owner)
     for (;;) {
       const chunks = await repository.chunksToEmbed(documentId, EMBED_BATCH)
       if (chunks.length === 0) break
-      const vectors = await embedTexts(chunks.map((chunk) => chunk.text))
+      const vectors = await embedTexts(
+        embedder,
+        chunks.map((chunk) => chunk.text),
+      )
       await repository.setEmbeddings(chunks.map((chunk, i) => ({ id: chunk.id, embedding: vectors[i] as number[] })))
     }
     await repository.setStatus(documentId, 'ready', null)
@@ -119,6 +127,7 @@ export function createDocumentsService(deps: {
         ])
       }
       const id = newId('doc')
+      const embedder = await embedderFor(found.orgId)
       const inline = embedder !== null && chunks.length <= INLINE_EMBED_CHUNKS
       const row = await db.transaction(async (tx) => {
         const inserted = await repository.insert(
@@ -142,7 +151,7 @@ export function createDocumentsService(deps: {
       })
       if (!inline) return presentDocument(row)
       try {
-        await embedDocument(id)
+        await embedDocument(id, found.orgId)
       } catch (error) {
         // Searchable by keyword meanwhile; the queue keeps trying.
         log.warn({ err: error, documentId: id }, 'inline embedding failed; queued')
@@ -173,20 +182,22 @@ export function createDocumentsService(deps: {
 
     /** Ranked chunks: hybrid (full text and vectors, fused) with an embeddings provider, keyword otherwise. */
     async search(auth: AuthContext, projectId: string, input: { query: string; topK?: number | undefined }) {
-      await project(auth, projectId, 'read')
-      return this.retrieve(projectId, input.query, input.topK ?? 5)
+      const found = await project(auth, projectId, 'read')
+      return this.retrieve(found.orgId, projectId, input.query, input.topK ?? 5)
     },
 
     /** Retrieval without access checks, for callers that made them (chat grounded in a project). */
     async retrieve(
+      orgId: string,
       projectId: string,
       query: string,
       topK: number,
     ): Promise<{ mode: 'hybrid' | 'keyword'; results: RankedChunk[] }> {
+      const embedder = await embedderFor(orgId)
       if (embedder) {
         let embedding: number[] | undefined
         try {
-          ;[embedding] = await embedTexts([query])
+          ;[embedding] = await embedTexts(embedder, [query])
         } catch (error) {
           // The provider is down: full text still answers, and the mode says so.
           log.warn({ err: error }, 'query embedding failed; keyword search only')

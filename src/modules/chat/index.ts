@@ -10,17 +10,48 @@ import { EMBEDDING_DIMENSIONS } from '../../db/schema/index.js'
 import { createDocumentsRepository } from './documents-repository.js'
 import { documentsRoutes } from './documents-routes.js'
 import { createDocumentsService, EMBED_QUEUE } from './documents-service.js'
-import { createEmbedder, createProviders } from './providers.js'
+import { LRUCache } from 'lru-cache'
+import {
+  type ChatProvider,
+  createEmbedder,
+  createProviders,
+  type Embedder,
+  type ProviderName,
+  serverKeys,
+} from './providers.js'
 import { createStreamingFetch } from './streaming-fetch.js'
 
 /** AI answers streamed over SSE from the configured providers, metered per org; resumable conversations. */
 export async function chatModule(app: FastifyInstance, { config }: { config: Config }) {
   const log = app.log.child({ module: 'chat' })
   const repository = createChatRepository(app.db)
+  const streamingFetch = createStreamingFetch()
+  const policy = (service: ProviderName) => app.integrations.policy(service)
+  const serverProviders = createProviders(config, { policy, fetch: streamingFetch.fetch })
+  const serverEmbedder = createEmbedder(config, EMBEDDING_DIMENSIONS, { policy: policy('openai') })
+  // Clients built for orgs that brought their own keys, rebuilt when a key changes (its version).
+  const orgClients = new LRUCache<
+    string,
+    { version: string; providers: Map<ProviderName, ChatProvider>; embedder: Embedder | null }
+  >({ max: 1000 })
+  async function clientsFor(orgId: string) {
+    const own = await app.orgCredentials.keysFor(orgId)
+    if (own.version === '') return null
+    const cached = orgClients.get(orgId)
+    if (cached?.version === own.version) return cached
+    const keys = { ...serverKeys(config), ...own.keys }
+    const built = {
+      version: own.version,
+      providers: createProviders(config, { policy, fetch: streamingFetch.fetch, keys }),
+      embedder: createEmbedder(config, EMBEDDING_DIMENSIONS, { policy: policy('openai'), key: keys.openai }),
+    }
+    orgClients.set(orgId, built)
+    return built
+  }
   const documents = createDocumentsService({
     db: app.db,
     repository: createDocumentsRepository(app.db),
-    embedder: createEmbedder(config, EMBEDDING_DIMENSIONS, { policy: app.integrations.policy('openai') }),
+    embedderFor: async (orgId) => ((await clientsFor(orgId)) ?? { embedder: serverEmbedder }).embedder,
     jobs: app.jobs,
     projects: app.projectsService,
     log,
@@ -33,13 +64,9 @@ export async function chatModule(app: FastifyInstance, { config }: { config: Con
     expireInSeconds: 600,
     handler: ({ documentId }, job) => documents.embedJob(documentId, job.retryCount, job.retryCount >= embedRetries),
   })
-  const streamingFetch = createStreamingFetch()
   const chat = createChatService({
     repository,
-    providers: createProviders(config, {
-      policy: (service) => app.integrations.policy(service),
-      fetch: streamingFetch.fetch,
-    }),
+    providersFor: async (orgId) => (await clientsFor(orgId))?.providers ?? serverProviders,
     projects: app.projectsService,
     retrieval: documents,
     billing: app.billing,

@@ -1,3 +1,5 @@
+import type { SealedColumn } from '../../db/reseal.js'
+import { webhookEndpoints } from '../../db/schema/index.js'
 import { randomBytes } from 'node:crypto'
 import type { Database } from '../../db/client.js'
 import type { CryptoBox } from '../../lib/crypto-box.js'
@@ -45,6 +47,29 @@ export function presentEndpoint(row: EndpointRow, now = new Date()) {
   }
 }
 
+/** What an endpoint's sealed signing secret is bound to: the endpoint. */
+export const endpointSecretAad = (endpointId: string) => `webhook-endpoint:${endpointId}`
+
+/** Endpoint signing secrets (current and, while rotating, previous), for re-sealing under a new instance key. */
+export const sealedEndpointSecrets: SealedColumn[] = [
+  {
+    name: 'webhook endpoint secrets',
+    table: webhookEndpoints,
+    id: webhookEndpoints.id,
+    column: webhookEndpoints.secretSealed,
+    key: 'secretSealed',
+    aad: endpointSecretAad,
+  },
+  {
+    name: 'previous webhook endpoint secrets',
+    table: webhookEndpoints,
+    id: webhookEndpoints.id,
+    column: webhookEndpoints.previousSecretSealed,
+    key: 'previousSecretSealed',
+    aad: endpointSecretAad,
+  },
+]
+
 export function createEndpointsService(deps: {
   db: Database
   repository: EndpointsRepository
@@ -56,7 +81,7 @@ export function createEndpointsService(deps: {
 }) {
   const { db, repository, cryptoBox, guard, orgs } = deps
   // Binds a sealed secret to its endpoint: copied to another row it does not open.
-  const aad = (endpointId: string) => `webhook-endpoint:${endpointId}`
+  const aad = endpointSecretAad
 
   /** Refuses URLs that could reach our own network (SSRF); the same check runs again at connect time. */
   async function checkUrl(url: string): Promise<string> {
