@@ -38,6 +38,8 @@ export function createCredentialsService(deps: {
   const { repository, cryptoBox, log } = deps
   // Keys change rarely; an instance that did not make the change sees it within the lifetime.
   const cache = new LRUCache<string, OrgKeys>({ max: 50_000, ttl: 30_000 })
+  // Bumped by every change made here: a lookup that started before one must not cache what it read.
+  let changes = 0
   // Orgs asked about at the same moment share one statement (a burst of chats, one per org).
   const lookups = createGroupCommit({
     write: async (orgIds: string[]) => {
@@ -122,8 +124,9 @@ export function createCredentialsService(deps: {
     async keysFor(orgId: string): Promise<OrgKeys> {
       const cached = cache.get(orgId)
       if (cached) return cached
+      const before = changes
       const found = await lookups.submit(orgId)
-      cache.set(orgId, found)
+      if (changes === before) cache.set(orgId, found)
       return found
     },
 
@@ -143,6 +146,7 @@ export function createCredentialsService(deps: {
         lastFour: key.slice(-4),
         setBy: auth.userId,
       })
+      changes++
       cache.delete(orgId)
       log.info({ orgId, service, userId: auth.userId }, 'org credential set')
       return present(row)
@@ -153,6 +157,7 @@ export function createCredentialsService(deps: {
       if (!(await repository.remove(orgId, service))) {
         throw problems.notFound(`The organization has no ${service} key of its own.`, 'CREDENTIAL_NOT_FOUND')
       }
+      changes++
       cache.delete(orgId)
       log.info({ orgId, service, userId: auth.userId }, 'org credential removed')
     },

@@ -52,7 +52,12 @@ export const CredentialParams = Type.Object(
 
 export const CredentialBody = Type.Object(
   {
-    apiKey: Type.String({ minLength: 8, maxLength: 512, pattern: '^\\S+\\s*$', description: "The provider's API key" }),
+    apiKey: Type.String({
+      minLength: 8,
+      maxLength: 512,
+      pattern: '^\\S{8,}\\s*$',
+      description: "The provider's API key",
+    }),
   },
   { additionalProperties: false },
 )
