@@ -275,7 +275,9 @@ const PlanSchema = Type.Object(
   },
   { additionalProperties: false },
 )
-const PlansSchema = Type.Record(Type.String({ pattern: '^[a-z0-9][a-z0-9_-]{0,39}$' }), PlanSchema)
+const PlansSchema = Type.Record(Type.String({ pattern: '^[a-z0-9][a-z0-9_-]{0,39}$' }), PlanSchema, {
+  additionalProperties: false,
+})
 
 /**
  * The plans of BILLING_PLANS; without it, one free plan whose daily tokens are

@@ -8,7 +8,7 @@ import type { Executor } from '../../db/client.js'
 import { isForeignKeyViolation } from '../../db/results.js'
 import { HttpProblem, problems } from '../../lib/problem.js'
 import { type ServicePolicy, ServiceUnavailableError } from '../../lib/resilience.js'
-import { type AuthContext, orgOrDefault, requireOrgRole } from '../auth/authorization.js'
+import { type AuthContext, orgOrDefault, requireOrgRole, requireScope } from '../auth/authorization.js'
 import type { InboundEvent } from '../webhooks/webhooks-service.js'
 import type { BillingAccountRow, BillingRepository } from './billing-repository.js'
 
@@ -22,8 +22,8 @@ const ENTITLED = new Set(['active', 'trialing', 'past_due'])
 
 /** What other modules ask of billing (decorated as `app.billing`). */
 export interface Billing {
-  /** The plan an org is on now (the free plan without an entitled subscription). */
-  planOf(orgId: string): Promise<Plan>
+  /** The plan an org is on now (the free plan without an entitled subscription); inside a transaction, pass it. */
+  planOf(orgId: string, tx?: Executor): Promise<Plan>
   /** Whether any plan limits tokens per day (else chat need not count them). */
   readonly limitsTokens: boolean
   /** How a module counts what it owns, for limits and for the subscription view. */
@@ -66,12 +66,13 @@ export function createBillingService(deps: {
     return plan
   }
 
-  async function planOf(orgId: string): Promise<Plan> {
+  async function planOf(orgId: string, tx?: Executor): Promise<Plan> {
     // With no plan for sale, every org is on the free plan: nothing to read.
     if (byPrice.size === 0) return free
     const cached = cache.get(orgId)
     if (cached) return cached
-    const plan = planFor(await repository.find(orgId))
+    // Read in the caller's transaction: the embedded database has one connection, which it holds.
+    const plan = planFor(await repository.find(orgId, tx))
     cache.set(orgId, plan)
     return plan
   }
@@ -126,7 +127,7 @@ export function createBillingService(deps: {
       usage.set(kind, count)
     },
     async assertRoomFor(orgId, resource, tx) {
-      const plan = await planOf(orgId)
+      const plan = await planOf(orgId, tx)
       const limit = plan[resource]
       if (limit === null) return
       const count = usage.get(resource)
@@ -204,6 +205,7 @@ export function createBillingService(deps: {
     },
 
     async subscription(auth: AuthContext, orgIdInput: string | undefined) {
+      requireScope(auth, 'usage:read')
       const orgId = orgOrDefault(auth, orgIdInput)
       requireOrgRole(auth, orgId, 'member')
       const account = await repository.find(orgId)
@@ -247,7 +249,9 @@ export function createBillingService(deps: {
           return
         }
         try {
-          await repository.insertCustomer(ref.orgId, ref.customerId, tx)
+          // In a savepoint: a failure must not abort the event's transaction, which records the outcome.
+          const orgId = ref.orgId
+          await tx.transaction((savepoint) => repository.insertCustomer(orgId, ref.customerId, savepoint))
         } catch (error) {
           // The org was deleted since it subscribed: nothing left to bill.
           if (isForeignKeyViolation(error)) return
