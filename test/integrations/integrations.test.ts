@@ -3,7 +3,16 @@ import type { FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import t from 'tap'
 import { ServiceUnavailableError } from '../../src/lib/resilience.js'
-import { type Account, account, addMember, assertProblem, callAs, createOrg, type Test } from '../auth/support.js'
+import {
+  type Account,
+  account,
+  addMember,
+  assertProblem,
+  callAs,
+  createApiKey,
+  createOrg,
+  type Test,
+} from '../auth/support.js'
 import { type ChatStream, readChat } from '../chat/support.js'
 import { startFakeAnthropic } from '../fakes/anthropic.js'
 import { startFakeOpenAI } from '../fakes/openai.js'
@@ -176,6 +185,14 @@ t.test('members below admin get 403, strangers 404, anonymous callers 401', asyn
 
   const anonymous = await app.inject({ method: 'GET', url: '/api/v1/integrations' })
   assertProblem(t, anonymous, 401, 'UNAUTHORIZED', 'no credential')
+
+  // An owner's API key acts with the owner's role, within its scopes.
+  const unscoped = await createApiKey(app, owner, orgId, ['projects:read'])
+  const refused = await callAs(app, { headers: { authorization: `Bearer ${unscoped.key}` } }, 'GET', '/integrations')
+  assertProblem(t, refused, 403, 'INSUFFICIENT_SCOPE', 'an API key without orgs:read')
+  const scoped = await createApiKey(app, owner, orgId, ['orgs:read'])
+  const allowed = await callAs(app, { headers: { authorization: `Bearer ${scoped.key}` } }, 'GET', '/integrations')
+  t.equal(allowed.statusCode, 200, 'an API key with orgs:read, for its own org')
 })
 
 t.test('the OpenAI circuit opens under failing chats, fails them fast, and closes once OpenAI recovers', async (t) => {

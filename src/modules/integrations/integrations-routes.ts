@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyInstance } from 'fastify'
 import { Type } from 'typebox'
 import { ProblemResponse } from '../../lib/problem.js'
-import { orgOrDefault, requireAuth, requireOrgRole, requireUserSession } from '../auth/authorization.js'
+import { orgOrDefault, requireAuth, requireOrgRole, requireScope, requireUserSession } from '../auth/authorization.js'
 import type { CredentialsService } from './credentials-service.js'
 import { CredentialBody, CredentialParams, IntegrationsQuery } from './integrations-schemas.js'
 
@@ -27,7 +27,7 @@ export function integrationsRoutes(app: FastifyInstance, credentials: Credential
           summary:
             "Third-party services: configured or not, the org's own key, circuit state, last success and failure, recent error rate",
           description:
-            'For org owners and admins. Circuit state and error rates are those seen by the instance answering.',
+            'For org owners and admins (API keys: orgs:read). Circuit state and error rates are those seen by the instance answering.',
           security,
           querystring: IntegrationsQuery,
           response: { 200: ref('IntegrationList'), ...errors },
@@ -35,6 +35,7 @@ export function integrationsRoutes(app: FastifyInstance, credentials: Credential
       },
       async (request) => {
         const auth = requireAuth(request)
+        requireScope(auth, 'orgs:read')
         const orgId = orgOrDefault(auth, request.query.orgId)
         requireOrgRole(auth, orgId, 'admin')
         const own = new Map((await credentials.list(auth, orgId)).map((credential) => [credential.service, credential]))
