@@ -12,6 +12,8 @@ import {
   timeout,
 } from 'cockatiel'
 import type { RateLimiterAbstract, RateLimiterRes } from 'rate-limiter-flexible'
+import { HttpProblem, problems } from './problem.js'
+import { parseRetryAfter } from './retry-after.js'
 
 /**
  * How one third-party service is called: a token bucket, then a circuit breaker, then a timeout
@@ -108,6 +110,26 @@ export class ServiceUnavailableError extends Error {
   }
 }
 
+/**
+ * A third-party failure as the problem a client can act on: 502 UPSTREAM_ERROR when the service
+ * refused the request, else 503 UPSTREAM_UNAVAILABLE with when to try again (down, busy, slow,
+ * unreachable, or its circuit open).
+ */
+export function upstreamProblem(error: unknown, messages: { unavailable: string; refused: string }): HttpProblem {
+  const unavailable = error instanceof ServiceUnavailableError
+  const facts = failureFacts(error)
+  const status = unavailable ? undefined : facts.status
+  if (status !== undefined && status < 500 && status !== 408 && status !== 429) {
+    return new HttpProblem(502, 'UPSTREAM_ERROR', messages.refused)
+  }
+  const retryAfterMs = unavailable ? error.retryAfterMs : facts.retryAfterMs
+  return problems.unavailable(
+    messages.unavailable,
+    'UPSTREAM_UNAVAILABLE',
+    Math.max(1, Math.ceil((retryAfterMs ?? 5000) / 1000)),
+  )
+}
+
 /** What an SDK error says about the attempt, whichever SDK raised it. */
 export interface FailureFacts {
   status: number | undefined
@@ -129,12 +151,7 @@ function header(headers: unknown, name: string): string | undefined {
 export function retryAfterMsOf(headers: unknown, now = Date.now()): number | undefined {
   const ms = Number.parseFloat(header(headers, 'retry-after-ms') ?? '')
   if (Number.isFinite(ms) && ms >= 0) return ms
-  const raw = header(headers, 'retry-after')
-  if (raw === undefined) return undefined
-  const seconds = Number.parseFloat(raw)
-  if (Number.isFinite(seconds) && seconds >= 0) return seconds * 1000
-  const date = Date.parse(raw)
-  return Number.isNaN(date) ? undefined : Math.max(0, date - now)
+  return parseRetryAfter(header(headers, 'retry-after'), now) ?? undefined
 }
 
 const TRANSPORT_CODES = /^(ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT|ENOTFOUND|EAI_AGAIN|UND_ERR_\w+)$/

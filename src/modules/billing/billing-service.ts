@@ -7,7 +7,7 @@ import type { Plan, PlanLimits } from '../../config.js'
 import type { Executor } from '../../db/client.js'
 import { isForeignKeyViolation } from '../../db/results.js'
 import { HttpProblem, problems } from '../../lib/problem.js'
-import { type ServicePolicy, ServiceUnavailableError } from '../../lib/resilience.js'
+import { type ServicePolicy, upstreamProblem } from '../../lib/resilience.js'
 import { type AuthContext, orgOrDefault, requireOrgRole, requireScope } from '../auth/authorization.js'
 import type { InboundEvent } from '../webhooks/webhooks-service.js'
 import type { BillingAccountRow, BillingRepository } from './billing-repository.js'
@@ -87,25 +87,17 @@ export function createBillingService(deps: {
     try {
       return await policy.call({ operation, idempotent: true }, fn)
     } catch (error) {
-      if (error instanceof ServiceUnavailableError) {
-        throw problems.unavailable(
-          'Stripe is unavailable at the moment; try again shortly.',
-          'UPSTREAM_UNAVAILABLE',
-          Math.max(1, Math.ceil((error.retryAfterMs ?? 5000) / 1000)),
-        )
-      }
-      const status = (error as { statusCode?: unknown }).statusCode
-      log.warn({ operation, status, type: (error as { type?: unknown }).type }, 'stripe refused a billing request')
-      if (typeof status === 'number' && status >= 500) {
-        throw problems.unavailable('Stripe is unavailable at the moment; try again shortly.', 'UPSTREAM_UNAVAILABLE', 5)
-      }
-      throw new HttpProblem(502, 'UPSTREAM_ERROR', 'Stripe refused the billing request.')
+      // Each attempt is logged by the policy; this says which billing request it was for.
+      log.warn({ operation, type: (error as { type?: unknown }).type }, 'a billing request to stripe failed')
+      throw upstreamProblem(error, {
+        unavailable: 'Stripe is unavailable at the moment; try again shortly.',
+        refused: 'Stripe refused the billing request.',
+      })
     }
   }
 
-  async function customerOf(orgId: string): Promise<string> {
-    const existing = await repository.find(orgId)
-    if (existing) return existing.stripeCustomerId
+  /** Creates the org's Stripe customer (it has none yet) and records it. */
+  async function createCustomer(orgId: string): Promise<string> {
     const client = configuredStripe()
     // The key makes a retry (or a second click within Stripe's 24 h) return the same customer.
     const customer = await callStripe('customers.create', () =>
@@ -162,7 +154,7 @@ export function createBillingService(deps: {
           'ALREADY_SUBSCRIBED',
         )
       }
-      const customer = account?.stripeCustomerId ?? (await customerOf(orgId))
+      const customer = account?.stripeCustomerId ?? (await createCustomer(orgId))
       const idempotencyKey = randomUUID()
       const session = await callStripe('checkout.sessions.create', () =>
         client.checkout.sessions.create(

@@ -5,8 +5,8 @@ import OpenAI from 'openai'
 import type { Config } from '../../config.js'
 import type { CryptoBox } from '../../lib/crypto-box.js'
 import { createGroupCommit } from '../../lib/group-commit.js'
-import { HttpProblem, problems } from '../../lib/problem.js'
-import { type ServicePolicy, ServiceUnavailableError } from '../../lib/resilience.js'
+import { problems } from '../../lib/problem.js'
+import { type ServicePolicy, upstreamProblem } from '../../lib/resilience.js'
 import { type AuthContext, requireOrgRole } from '../auth/authorization.js'
 import type { ProviderKey, ProviderName } from '../chat/providers.js'
 import { type CredentialRow, type CredentialsRepository, credentialAad } from './credentials-repository.js'
@@ -91,25 +91,14 @@ export function createCredentialsService(deps: {
           },
         )
     } catch (error) {
-      if (error instanceof ServiceUnavailableError) {
-        throw problems.unavailable(
-          `${service} cannot check the key at the moment; try again shortly.`,
-          'UPSTREAM_UNAVAILABLE',
-          5,
-        )
-      }
       const status = (error as { status?: unknown }).status
       if (status === 401 || status === 403) {
         throw problems.unprocessable(`${service} does not accept this key.`, 'INVALID_CREDENTIAL')
       }
-      if (typeof status === 'number' && status < 500 && status !== 429) {
-        throw new HttpProblem(502, 'UPSTREAM_ERROR', `${service} refused to check the key.`)
-      }
-      throw problems.unavailable(
-        `${service} cannot check the key at the moment; try again shortly.`,
-        'UPSTREAM_UNAVAILABLE',
-        5,
-      )
+      throw upstreamProblem(error, {
+        unavailable: `${service} cannot check the key at the moment; try again shortly.`,
+        refused: `${service} refused to check the key.`,
+      })
     }
   }
 

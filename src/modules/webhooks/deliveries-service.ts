@@ -1,3 +1,4 @@
+import { parseRetryAfter } from '../../lib/retry-after.js'
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { Counter, type Registry } from 'prom-client'
@@ -59,17 +60,6 @@ function verdictOf(outcome: AttemptOutcome): Verdict {
 function receiverStruggles(outcome: AttemptOutcome): boolean {
   const status = outcome.statusCode
   return status === null || status === 429 || status >= 500
-}
-
-/** `Retry-After` as seconds or an HTTP date, in milliseconds from `now`; null when absent or unreadable. */
-export function parseRetryAfter(value: string | string[] | undefined, now = Date.now()): number | null {
-  const text = Array.isArray(value) ? value[0] : value
-  if (text === undefined) return null
-  const trimmed = text.trim()
-  if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000
-  const date = Date.parse(trimmed)
-  if (Number.isNaN(date)) return null
-  return Math.max(0, date - now)
 }
 
 /**
