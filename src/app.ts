@@ -12,6 +12,7 @@ import type { Redis } from 'ioredis'
 import { type DestinationStream, pino } from 'pino'
 import type { Config } from './config.js'
 import type { DatabaseHandle } from './db/client.js'
+import { logDestination } from './lib/log-destination.js'
 import { redactSecrets, redactUrl } from './lib/redact.js'
 import { authSchemas } from './modules/auth/auth-schemas.js'
 import { authModule } from './modules/auth/index.js'
@@ -56,16 +57,6 @@ export interface AppOverrides {
   redis?: Redis | null
   /** Where log lines go (default: stdout). */
   logStream?: DestinationStream
-}
-
-/**
- * Where log lines go by default: stdout, written asynchronously in blocks of up to 4 KiB. A write
- * per line costs a system call (or a thread-pool round trip) per request; buffered, dozens of
- * lines share one. buildApp flushes the buffer every second and when the app closes, so a quiet
- * server's lines are at most a second late and a graceful shutdown loses none.
- */
-export function logDestination(dest: number | string = 1) {
-  return pino.destination({ dest, sync: false, minLength: 4096 })
 }
 
 type FlushableStream = DestinationStream & { flush?: () => void; flushSync?: () => void }

@@ -1,5 +1,6 @@
 import type { AddressInfo } from 'node:net'
-import { buildApp, logDestination } from '../../src/app.js'
+import { buildApp } from '../../src/app.js'
+import { logDestination } from '../../src/lib/log-destination.js'
 import { loadConfig } from '../../src/config.js'
 
 /**

@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { Counter, collectDefaultMetrics, Histogram, Registry } from 'prom-client'
+import { collectDefaultMetrics, Registry } from 'prom-client'
+import { RequestMetrics } from '../lib/request-metrics.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -24,19 +25,16 @@ function routeLabel(request: FastifyRequest): string {
 async function observabilityPlugin(app: FastifyInstance) {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry })
-  const requests = new Counter({
-    name: 'http_requests_total',
-    help: 'HTTP requests answered, by method, route pattern and status',
-    labelNames: ['method', 'route', 'status_code'] as const,
-    registers: [registry],
-  })
-  const duration = new Histogram({
-    name: 'http_request_duration_seconds',
-    help: 'Time to answer HTTP requests, by method, route pattern and status',
-    labelNames: ['method', 'route', 'status_code'] as const,
-    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
-    registers: [registry],
-  })
+  const requests = new RequestMetrics(
+    registry,
+    {
+      counter: 'http_requests_total',
+      counterHelp: 'HTTP requests answered, by method, route pattern and status',
+      histogram: 'http_request_duration_seconds',
+      histogramHelp: 'Time to answer HTTP requests, by method, route pattern and status',
+    },
+    [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+  )
   app.decorate('metrics', registry)
   app.decorateRequest('userId', null)
 
@@ -46,25 +44,9 @@ async function observabilityPlugin(app: FastifyInstance) {
     done()
   })
 
-  // Label children are looked up once per (method, route, status), not hashed on every request.
-  type Children = { count: ReturnType<typeof requests.labels>; duration: ReturnType<typeof duration.labels> }
-  const children = new Map<string, Children>()
-  const childrenFor = (method: string, route: string, status: string) => {
-    const key = `${method} ${route} ${status}`
-    let found = children.get(key)
-    if (!found) {
-      const labels = { method, route, status_code: status }
-      found = { count: requests.labels(labels), duration: duration.labels(labels) }
-      children.set(key, found)
-    }
-    return found
-  }
-
   app.addHook('onResponse', (request, reply, done) => {
     const route = routeLabel(request)
-    const metrics = childrenFor(request.method, route, String(reply.statusCode))
-    metrics.count.inc()
-    metrics.duration.observe(reply.elapsedTime / 1000)
+    requests.record(request.method, route, reply.statusCode, reply.elapsedTime / 1000)
     request.log.info(
       {
         method: request.method,
