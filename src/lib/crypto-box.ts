@@ -1,5 +1,10 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto'
 
+/** A sealed value that does not open: malformed, sealed with a key this box lacks, or tampered with. */
+export class SealedValueError extends Error {
+  override name = 'SealedValueError'
+}
+
 /**
  * Authenticated encryption of secrets at rest (AES-256-GCM). Each sealed value names the key that
  * sealed it, so a keyring holding the current key and retired ones can open old values while new
@@ -39,13 +44,17 @@ export class CryptoBox {
   open(sealed: string, aad: string): string {
     const [version, keyId, iv, ciphertext, tag] = sealed.split('.')
     if (version !== 'v1' || !keyId || iv === undefined || ciphertext === undefined || tag === undefined) {
-      throw new Error('not a sealed value')
+      throw new SealedValueError('not a sealed value')
     }
     const key = this.keys.get(keyId)
-    if (!key) throw new Error(`sealed with an unknown key (${keyId})`)
-    const decipher = createDecipheriv('aes-256-gcm', key, Buffer.from(iv, 'base64url'))
-    decipher.setAAD(Buffer.from(aad))
-    decipher.setAuthTag(Buffer.from(tag, 'base64url'))
-    return Buffer.concat([decipher.update(Buffer.from(ciphertext, 'base64url')), decipher.final()]).toString('utf8')
+    if (!key) throw new SealedValueError(`sealed with an unknown key (${keyId})`)
+    try {
+      const decipher = createDecipheriv('aes-256-gcm', key, Buffer.from(iv, 'base64url'))
+      decipher.setAAD(Buffer.from(aad))
+      decipher.setAuthTag(Buffer.from(tag, 'base64url'))
+      return Buffer.concat([decipher.update(Buffer.from(ciphertext, 'base64url')), decipher.final()]).toString('utf8')
+    } catch {
+      throw new SealedValueError(`does not open with key ${keyId}: altered, or sealed for another purpose`)
+    }
   }
 }

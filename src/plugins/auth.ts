@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import type { Config } from '../config.js'
+import { type Config, ConfigError } from '../config.js'
+import { SealedValueError } from '../lib/crypto-box.js'
 import { createAuthRepository } from '../modules/auth/auth-repository.js'
 import { type AuthService, createAuthService, looksLikeApiKey } from '../modules/auth/auth-service.js'
 import type { AuthContext, Scope } from '../modules/auth/authorization.js'
@@ -68,7 +69,17 @@ async function authPlugin(app: FastifyInstance, { config }: { config: Config }) 
       : {}),
   })
   // Keys load lazily if the database is unreachable now; readiness reports the outage meanwhile.
-  await tokenService.init().catch((error) => app.log.warn({ err: error }, 'signing keys not loaded yet'))
+  // A stored key that does not open is a misconfiguration no retry can fix: refuse to start rather
+  // than answer every login with a 500.
+  await tokenService.init().catch((error: unknown) => {
+    if (error instanceof SealedValueError) {
+      throw new ConfigError(
+        'ENCRYPTION_KEY',
+        `does not open the stored token signing keys (${error.message}); when rotating it, set ENCRYPTION_KEY_RETIRED to the previous key`,
+      )
+    }
+    app.log.warn({ err: error }, 'signing keys not loaded yet')
+  })
   const authService = createAuthService({
     db: app.db,
     repository: createAuthRepository(app.db),

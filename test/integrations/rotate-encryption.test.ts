@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { eq } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { buildApp } from '../../src/app.js'
@@ -153,25 +154,57 @@ t.test('with ENCRYPTION_KEY=A: an org credential, a webhook endpoint (rotated on
   for (const value of values) t.equal(value.sealed.split('.')[1], ID_A, `${value.label}: sealed under A`)
 })
 
+/**
+ * Seals the stored signing keys under `to` for the length of `use`, then puts back the values
+ * sealed under A, so that an app with `to` alone starts and what else it cannot open shows.
+ */
+async function withSigningKeysUnder(to: string, use: () => Promise<void>): Promise<void> {
+  const box = new CryptoBox(Buffer.from(to, 'base64'), [Buffer.from(KEY_A, 'base64')])
+  const database = await openDatabase({ DATABASE_URL: undefined, DATA_DIR: dataDir, DATABASE_POOL_MAX: 1 })
+  const originals = await database.db.select().from(signingKeys)
+  try {
+    for (const row of originals) {
+      const aad = `signing-key:${row.kid}`
+      await database.db
+        .update(signingKeys)
+        .set({ privateJwkSealed: box.seal(box.open(row.privateJwkSealed, aad), aad) })
+        .where(eq(signingKeys.kid, row.kid))
+    }
+  } finally {
+    await database.close()
+  }
+  try {
+    await use()
+  } finally {
+    const restore = await openDatabase({ DATABASE_URL: undefined, DATA_DIR: dataDir, DATABASE_POOL_MAX: 1 })
+    try {
+      for (const row of originals) {
+        await restore.db
+          .update(signingKeys)
+          .set({ privateJwkSealed: row.privateJwkSealed })
+          .where(eq(signingKeys.kid, row.kid))
+      }
+    } finally {
+      await restore.close()
+    }
+  }
+}
+
 t.test('with ENCRYPTION_KEY=B alone, before re-sealing: the org credential does not open', async (t) => {
   const logs = new LogCapture()
-  await withApp(
-    { ENCRYPTION_KEY: KEY_B },
-    async (app) => {
-      // A user session needs the signing key, which B cannot open either: an API key does not.
-      t.same(await chatKey(t, app, { headers: bearer(apiKey) }, 'unopenable'), [SERVER_KEY], "the server's key")
-      const refused = logs.lines.filter((line) => line.msg === 'an org credential cannot be opened')
-      t.equal(refused.length, 1, 'logged once')
-      t.match(refused[0], { level: 50, orgId: owner.personalOrgId, service: 'openai' }, 'as an error, naming the org')
-      const login = await app.inject({
-        method: 'POST',
-        url: '/api/v1/auth/login',
-        payload: { email: owner.email, password: owner.password },
-        remoteAddress: uniqueAddress(),
-      })
-      t.not(login.statusCode, 200, `no token can be signed (${login.statusCode})`)
-    },
-    logs,
+  // The server would not start with signing keys B cannot open (the next test): this one looks
+  // at an org credential alone.
+  await withSigningKeysUnder(KEY_B, () =>
+    withApp(
+      { ENCRYPTION_KEY: KEY_B },
+      async (app) => {
+        t.same(await chatKey(t, app, { headers: bearer(apiKey) }, 'unopenable'), [SERVER_KEY], "the server's key")
+        const refused = logs.lines.filter((line) => line.msg === 'an org credential cannot be opened')
+        t.equal(refused.length, 1, 'logged once')
+        t.match(refused[0], { level: 50, orgId: owner.personalOrgId, service: 'openai' }, 'as an error, naming the org')
+      },
+      logs,
+    ),
   )
   t.notOk(
     logs.raw.some((line) => line.includes(ORG_KEY)),
@@ -190,6 +223,30 @@ t.test('the CLI without the retired key fails and changes nothing', async (t) =>
   t.equal(run.code, 1, 'exits 1')
   t.match(run.stderr, /unknown key/, `says why (${run.stderr.slice(0, 300)})`)
   t.same(await sealedValues(), before, 'every value as it was')
+})
+
+t.test('the server refuses to start when ENCRYPTION_KEY does not open the stored signing keys', async (t) => {
+  const before = await sealedValues()
+  await t.rejects(
+    buildApp(testConfig({ ...appEnv, ENCRYPTION_KEY: KEY_B })),
+    { name: 'ConfigError', variable: 'ENCRYPTION_KEY', message: /ENCRYPTION_KEY_RETIRED/ },
+    'building the app fails with a configuration error',
+  )
+  const server = runNodeScript(t, 'src/server.ts', {
+    ...cliEnv({ ENCRYPTION_KEY: KEY_B }),
+    PORT: '0',
+    HOST: '127.0.0.1',
+  })
+  const { code } = await server.exited
+  t.equal(code, 1, 'the server exits 1 before listening')
+  const lines = server.stderr().trim().split('\n')
+  t.equal(lines.length, 1, `one line (${server.stderr().slice(0, 500)})`)
+  t.match(
+    lines[0],
+    new RegExp(`^Invalid configuration: ENCRYPTION_KEY .*unknown key \\(${ID_A}\\).*ENCRYPTION_KEY_RETIRED`),
+  )
+  t.notMatch(server.stdout(), /listening/i, 'never listened')
+  t.same(await sealedValues(), before, 'nothing was sealed anew')
 })
 
 t.test('npm run keys:rotate-encryption re-seals everything under B', async (t) => {
