@@ -156,7 +156,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         try {
           logStream.flush?.()
         } catch {
-          // still opening or closed; the next tick or close flushes
+          // a closed or broken stream: nothing more can be written
         }
       }, 1000).unref()
     : undefined
@@ -165,7 +165,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     try {
       logStream.flushSync?.()
     } catch {
-      // not open yet or already closed: nothing buffered to lose
+      // a closed or broken stream: nothing more can be written
     }
   })
 

@@ -21,7 +21,11 @@ try {
   app = await buildApp(config)
   await app.ready()
 } catch (error) {
-  console.error(`Start-up failed: ${error instanceof Error ? error.message : String(error)}`)
+  console.error(
+    error instanceof ConfigError
+      ? error.message
+      : `Start-up failed: ${error instanceof Error ? error.message : String(error)}`,
+  )
   process.exit(1)
 }
 

@@ -46,13 +46,14 @@ async function observabilityPlugin(app: FastifyInstance) {
 
   app.addHook('onResponse', (request, reply, done) => {
     const route = routeLabel(request)
-    requests.record(request.method, route, reply.statusCode, reply.elapsedTime / 1000)
+    const elapsedMs = reply.elapsedTime
+    requests.record(request.method, route, reply.statusCode, elapsedMs / 1000)
     request.log.info(
       {
         method: request.method,
         route,
         statusCode: reply.statusCode,
-        durationMs: Math.round(reply.elapsedTime * 100) / 100,
+        durationMs: Math.round(elapsedMs * 100) / 100,
         ...(request.userId ? { userId: request.userId } : {}),
       },
       'request completed',

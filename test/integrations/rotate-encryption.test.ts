@@ -246,6 +246,13 @@ t.test('the server refuses to start when ENCRYPTION_KEY does not open the stored
     new RegExp(`^Invalid configuration: ENCRYPTION_KEY .*unknown key \\(${ID_A}\\).*ENCRYPTION_KEY_RETIRED`),
   )
   t.notMatch(server.stdout(), /listening/i, 'never listened')
+  const worker = runNodeScript(t, 'src/worker.ts', cliEnv({ ENCRYPTION_KEY: KEY_B }))
+  t.equal((await worker.exited).code, 1, 'the worker exits 1 as well')
+  t.match(
+    worker.stderr().trim(),
+    /^Invalid configuration: ENCRYPTION_KEY [^\n]*ENCRYPTION_KEY_RETIRED[^\n]*$/,
+    'in one line',
+  )
   t.same(await sealedValues(), before, 'nothing was sealed anew')
 })
 
