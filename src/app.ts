@@ -1,3 +1,5 @@
+// First, before start-up leaves garbage to collect: see the module.
+import './lib/tick-object-shape.js'
 import { randomUUID } from 'node:crypto'
 import type { Server } from 'node:http'
 import AjvCompiler from '@fastify/ajv-compiler'
