@@ -1,6 +1,5 @@
 // First, before start-up leaves garbage to collect: see the module.
 import './lib/tick-object-shape.js'
-import { randomUUID } from 'node:crypto'
 import type { Server } from 'node:http'
 import AjvCompiler from '@fastify/ajv-compiler'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
@@ -14,6 +13,7 @@ import type { Redis } from 'ioredis'
 import { type DestinationStream, pino } from 'pino'
 import type { Config } from './config.js'
 import type { DatabaseHandle } from './db/client.js'
+import { requestIdGenerator } from './lib/ids.js'
 import { logDestination } from './lib/log-destination.js'
 import { redactSecrets, redactUrl } from './lib/redact.js'
 import { authSchemas } from './modules/auth/auth-schemas.js'
@@ -105,6 +105,7 @@ function serializeError(error: Error) {
 }
 
 export function fastifyOptions(config: Config, logStream: DestinationStream): FastifyHttpOptions<Server> {
+  const newRequestId = requestIdGenerator()
   return {
     logger: {
       level: config.LOG_LEVEL,
@@ -121,7 +122,7 @@ export function fastifyOptions(config: Config, logStream: DestinationStream): Fa
     requestIdHeader: false,
     genReqId: (request) => {
       const offered = request.headers['x-request-id']
-      return typeof offered === 'string' && REQUEST_ID.test(offered) ? offered : randomUUID()
+      return typeof offered === 'string' && REQUEST_ID.test(offered) ? offered : newRequestId()
     },
     // A number is a hop count (proxy-addr); Fastify's types omit it though the runtime accepts it.
     trustProxy: config.TRUST_PROXY as boolean,

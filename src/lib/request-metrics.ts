@@ -26,7 +26,9 @@ interface Series {
  * buckets, `_sum` and `_count`.
  */
 export class RequestMetrics {
-  readonly #series = new Map<string, Series>()
+  readonly #byRoute = new Map<string, Map<number, Map<string, Series>>>()
+  /** Every series, in the order first seen, for the exposition. */
+  #series: Series[] = []
   readonly #bounds: readonly number[]
 
   constructor(
@@ -46,8 +48,19 @@ export class RequestMetrics {
   }
 
   record(method: string, route: string, statusCode: number, seconds: number): void {
-    const key = `${method} ${statusCode} ${route}`
-    let series = this.#series.get(key)
+    // Nested maps rather than one joined key: the route and method strings come from the route
+    // table and the HTTP parser, the same string objects every time, so their hashes are cached.
+    let byStatus = this.#byRoute.get(route)
+    if (byStatus === undefined) {
+      byStatus = new Map()
+      this.#byRoute.set(route, byStatus)
+    }
+    let byMethod = byStatus.get(statusCode)
+    if (byMethod === undefined) {
+      byMethod = new Map()
+      byStatus.set(statusCode, byMethod)
+    }
+    let series = byMethod.get(method)
     if (series === undefined) {
       series = {
         labels: { method, route, status_code: String(statusCode) },
@@ -55,7 +68,8 @@ export class RequestMetrics {
         sum: 0,
         buckets: new Float64Array(this.#bounds.length + 1),
       }
-      this.#series.set(key, series)
+      byMethod.set(method, series)
+      this.#series.push(series)
     }
     series.count++
     series.sum += seconds
@@ -66,12 +80,12 @@ export class RequestMetrics {
   }
 
   #counterValues(): Sample[] {
-    return [...this.#series.values()].map((series) => ({ labels: series.labels, value: series.count }))
+    return this.#series.map((series) => ({ labels: series.labels, value: series.count }))
   }
 
   #histogramValues(name: string): Sample[] {
     const values: Sample[] = []
-    for (const series of this.#series.values()) {
+    for (const series of this.#series) {
       let cumulative = 0
       this.#bounds.forEach((bound, index) => {
         cumulative += series.buckets[index] as number
@@ -92,7 +106,10 @@ export class RequestMetrics {
       type,
       aggregator: 'sum' as const,
       get: async () => ({ name, help, type, aggregator: 'sum', values: values() }),
-      reset: () => this.#series.clear(),
+      reset: () => {
+        this.#byRoute.clear()
+        this.#series = []
+      },
     }
   }
 }
