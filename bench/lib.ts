@@ -112,6 +112,9 @@ export interface RunningServer {
   baseUrl: string
   /** The server's own process (taskset execs node in place), e.g. to read its memory from /proc. */
   pid: number
+  /** SIGSTOP: a paused server takes no CPU (timers, job polling) while the other side is measured. */
+  pause(): void
+  resume(): void
   stop(): Promise<void>
 }
 
@@ -136,7 +139,20 @@ export async function startServer(
     stdio: ['ignore', 'pipe', 'inherit'],
   })
   const port = await waitForReady(name, child)
-  return { baseUrl: `http://127.0.0.1:${port}`, pid: child.pid ?? 0, stop: () => stopServer(child) }
+  const signal = (name: NodeJS.Signals) => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(name)
+  }
+  return {
+    baseUrl: `http://127.0.0.1:${port}`,
+    pid: child.pid ?? 0,
+    pause: () => signal('SIGSTOP'),
+    resume: () => signal('SIGCONT'),
+    stop: () => {
+      // A stopped process keeps SIGTERM pending until it runs again.
+      signal('SIGCONT')
+      return stopServer(child)
+    },
+  }
 }
 
 function waitForReady(name: string, child: ChildProcess): Promise<number> {
@@ -179,14 +195,15 @@ function stopServer(child: ChildProcess): Promise<void> {
 export interface LoadOptions {
   headers?: RequestHeaders
   post?: Endpoint['post']
-  warmupSeconds: number
-  durationSeconds: number
+  seconds: number
   connections: number
   pipelining: number
 }
 
 export interface Measurement {
-  requestsPerSecond: number
+  requests: number
+  /** Seconds the load actually ran. */
+  seconds: number
   p99Ms: number
   non2xx: number
   /** Count per non-2xx status code, e.g. { 429: 1200 }. */
@@ -195,14 +212,15 @@ export interface Measurement {
   timeouts: number
 }
 
-/** Loads `url` for a discarded warmup (JIT, connection set-up), then for the measured duration. */
-export async function measure(url: string, options: LoadOptions): Promise<Measurement> {
+/** Loads `url` for `options.seconds` and returns what was answered. */
+export async function load(url: string, options: LoadOptions): Promise<Measurement> {
   const post = options.post
-  const base = {
+  const result = await autocannon({
     url,
     headers: options.headers ?? {},
     connections: options.connections,
     pipelining: options.pipelining,
+    duration: options.seconds,
     ...(post
       ? {
           requests: [
@@ -216,15 +234,14 @@ export async function measure(url: string, options: LoadOptions): Promise<Measur
           ],
         }
       : {}),
-  }
-  await autocannon({ ...base, duration: options.warmupSeconds })
-  const result = await autocannon({ ...base, duration: options.durationSeconds })
+  })
   const non2xxByStatus: Record<string, number> = {}
   for (const [status, { count }] of Object.entries(result.statusCodeStats ?? {})) {
     if (!status.startsWith('2') && count) non2xxByStatus[status] = count
   }
   return {
-    requestsPerSecond: result.requests.average,
+    requests: result.requests.total,
+    seconds: result.duration,
     p99Ms: result.latency.p99,
     non2xx: result.non2xx,
     non2xxByStatus,

@@ -1,7 +1,17 @@
 import { randomUUID } from 'node:crypto'
 import Stripe from 'stripe'
 import { chatStreamBenchmarks } from './chat.js'
-import { type Endpoint, formatTable, measure, pinLoadGenerator, type Scenario, startServer, warnIfBusy } from './lib.js'
+import {
+  type Endpoint,
+  formatTable,
+  load,
+  type Measurement,
+  pinLoadGenerator,
+  type RunningServer,
+  type Scenario,
+  startServer,
+  warnIfBusy,
+} from './lib.js'
 import { PROJECT_COUNT, type PostgresFixture, postgresFixture, signUp, UNLIMITED } from './postgres-fixture.js'
 import { webhookBenchmarks } from './webhooks.js'
 
@@ -10,8 +20,8 @@ import { webhookBenchmarks } from './webhooks.js'
  * PASS or FAIL against its target, and the process exits 0 either way. Only a harness failure
  * (a server that does not start) exits non-zero.
  *
- *   npm run bench                    10 s per run
- *   BENCH_DURATION=5 npm run bench   5 s per run
+ *   npm run bench                    each side measured for 10 s, in 2 s slices
+ *   BENCH_DURATION=20 npm run bench  20 s per side
  *   BENCH_ONLY=chat-streams npm run bench   2,000 chat streams at once (bench/chat.ts)
  */
 const SCENARIOS: Scenario[] = [
@@ -103,9 +113,12 @@ function signedStripeEvent() {
 const WARMUP_SECONDS = 3
 const CONNECTIONS = 100
 const PIPELINING = 1
-// Runs alternate baseline, candidate, baseline, ... so slow drift on the machine hits both sides.
-const ROUNDS = 2
+// Both servers of a scenario run at once and take turns in short slices, in alternating order,
+// each paused while the other is loaded: the machines here change speed by half within minutes,
+// and slices spread that drift evenly over both sides, where whole runs in sequence measured it.
+const SLICE_SECONDS = 2
 
+/** Seconds each side of a scenario is measured in total. */
 function durationSeconds(): number {
   const raw = process.env.BENCH_DURATION
   if (raw === undefined || raw.trim() === '') return 10
@@ -118,49 +131,97 @@ interface Run {
   scenario: string
   side: 'baseline' | 'candidate'
   label: string
-  round: number
   requestsPerSecond: number
+  /** Slowest and fastest slice, req/s. */
+  sliceRange: [number, number]
+  /** Median of the slices' p99 latencies. */
   p99Ms: number
   non2xx: number
 }
 
+const SIDES = ['baseline', 'candidate'] as const
 const labelOf = (endpoint: Endpoint) => endpoint.label ?? endpoint.server
 const formatNumber = (value: number) => Math.round(value).toLocaleString('en-US')
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? Number.NaN
 
-/** Starts a fresh server for the endpoint, runs its `prepare` hook, loads it and stops it. */
-async function runEndpoint(scenario: Scenario, side: Run['side'], round: number, seconds: number): Promise<Run> {
-  const endpoint = scenario[side]
-  const label = labelOf(endpoint)
-  const server = await startServer(endpoint.server, endpoint.env)
+interface Side {
+  endpoint: Endpoint
+  server: RunningServer
+  headers: Record<string, string>
+  slices: Measurement[]
+}
+
+/** Starts both servers of a scenario, warms each, then loads them in turn, slice by slice. */
+async function runScenario(scenario: Scenario, seconds: number): Promise<Run[]> {
+  const sides: Partial<Record<Run['side'], Side>> = {}
   try {
-    const prepared = endpoint.prepare ? await endpoint.prepare(server.baseUrl) : {}
-    process.stdout.write(
-      `${scenario.name}: round ${round} ${label} ${endpoint.post ? 'POST' : 'GET'} ${endpoint.path} ... `,
-    )
-    const result = await measure(`${server.baseUrl}${endpoint.path}`, {
-      headers: { ...endpoint.headers, ...prepared },
-      ...(endpoint.post ? { post: endpoint.post } : {}),
-      warmupSeconds: WARMUP_SECONDS,
-      durationSeconds: seconds,
-      connections: CONNECTIONS,
-      pipelining: PIPELINING,
-    })
-    console.log(`${formatNumber(result.requestsPerSecond)} req/s, p99 ${formatNumber(result.p99Ms)} ms`)
-    // A 429 or 5xx answers faster than real work, so such a run overstates throughput.
-    if (result.non2xx > 0) {
-      const byStatus = Object.entries(result.non2xxByStatus)
-        .map(([status, count]) => `${status}: ${count}`)
-        .join(', ')
-      console.warn(`WARNING: ${result.non2xx} non-2xx responses (${byStatus || 'status unknown'}); req/s is not valid`)
+    for (const side of SIDES) {
+      const endpoint = scenario[side]
+      const server = await startServer(endpoint.server, endpoint.env)
+      sides[side] = { endpoint, server, headers: {}, slices: [] }
+      sides[side].headers = { ...endpoint.headers, ...(endpoint.prepare ? await endpoint.prepare(server.baseUrl) : {}) }
+      server.pause()
     }
-    if (result.errors > 0) console.warn(`WARNING: ${result.errors} connection errors (${result.timeouts} timeouts)`)
-    return { scenario: scenario.name, side, label, round, ...result }
+    const loadSide = async (side: Side, loadSeconds: number) => {
+      side.server.resume()
+      try {
+        return await load(`${side.server.baseUrl}${side.endpoint.path}`, {
+          headers: side.headers,
+          ...(side.endpoint.post ? { post: side.endpoint.post } : {}),
+          seconds: loadSeconds,
+          connections: CONNECTIONS,
+          pipelining: PIPELINING,
+        })
+      } finally {
+        side.server.pause()
+      }
+    }
+    const both = SIDES.map((side) => sides[side] as Side)
+    // Discarded: JIT warmup and connection set-up.
+    for (const side of both) await loadSide(side, WARMUP_SECONDS)
+    const slices = Math.max(2, Math.round(seconds / SLICE_SECONDS))
+    process.stdout.write(`${scenario.name}: ${slices} slices of ${SLICE_SECONDS} s per side `)
+    for (let slice = 0; slice < slices; slice++) {
+      for (const side of slice % 2 === 0 ? both : [...both].reverse())
+        side.slices.push(await loadSide(side, SLICE_SECONDS))
+      process.stdout.write('.')
+    }
+    console.log()
+    return SIDES.map((side) => summarise(scenario, side, sides[side] as Side))
   } finally {
-    await server.stop()
+    await Promise.all(Object.values(sides).map((side) => side.server.stop()))
   }
 }
 
-const best = (runs: Run[]) => runs.reduce((top, run) => (run.requestsPerSecond > top.requestsPerSecond ? run : top))
+function summarise(scenario: Scenario, side: Run['side'], { endpoint, slices }: Side): Run {
+  const total = (pick: (slice: Measurement) => number) => slices.reduce((sum, slice) => sum + pick(slice), 0)
+  const label = labelOf(endpoint)
+  const perSlice = slices.map((slice) => slice.requests / slice.seconds)
+  const non2xx = total((slice) => slice.non2xx)
+  // A 429 or 5xx answers faster than real work, so such a run overstates throughput.
+  if (non2xx > 0) {
+    const byStatus: Record<string, number> = {}
+    for (const slice of slices)
+      for (const [status, count] of Object.entries(slice.non2xxByStatus))
+        byStatus[status] = (byStatus[status] ?? 0) + count
+    const statuses = Object.entries(byStatus)
+      .map(([status, count]) => `${status}: ${count}`)
+      .join(', ')
+    console.warn(`WARNING: ${label}: ${non2xx} non-2xx responses (${statuses || 'status unknown'}); req/s is not valid`)
+  }
+  const errors = total((slice) => slice.errors)
+  if (errors > 0)
+    console.warn(`WARNING: ${label}: ${errors} connection errors (${total((slice) => slice.timeouts)} timeouts)`)
+  return {
+    scenario: scenario.name,
+    side,
+    label,
+    requestsPerSecond: total((slice) => slice.requests) / total((slice) => slice.seconds),
+    sliceRange: [Math.min(...perSlice), Math.max(...perSlice)],
+    p99Ms: median(slices.map((slice) => slice.p99Ms)),
+    non2xx,
+  }
+}
 
 async function main() {
   const seconds = durationSeconds()
@@ -184,8 +245,8 @@ async function main() {
     await warnIfBusy()
     if (scenarios.length > 0) {
       console.log(
-        `warmup ${WARMUP_SECONDS} s, measure ${seconds} s, ${CONNECTIONS} connections, pipelining ${PIPELINING}, ` +
-          `${ROUNDS} rounds, best run of each side counts\n`,
+        `warmup ${WARMUP_SECONDS} s, then ${seconds} s per side in ${SLICE_SECONDS} s slices taken in turn, ` +
+          `${CONNECTIONS} connections, pipelining ${PIPELINING}\n`,
       )
     }
     const verdicts = await runScenarios(scenarios, seconds)
@@ -212,36 +273,30 @@ async function runScenarios(scenarios: Scenario[], seconds: number): Promise<str
   const runs: Run[] = []
   const verdicts: string[] = []
   for (const scenario of scenarios) {
-    const own: Run[] = []
-    for (let round = 1; round <= ROUNDS; round++) {
-      own.push(await runEndpoint(scenario, 'baseline', round, seconds))
-      own.push(await runEndpoint(scenario, 'candidate', round, seconds))
-    }
-    runs.push(...own)
-    const baseline = best(own.filter((run) => run.side === 'baseline'))
-    const candidate = best(own.filter((run) => run.side === 'candidate'))
+    const [baseline, candidate] = (await runScenario(scenario, seconds)) as [Run, Run]
+    runs.push(baseline, candidate)
     const ratio = candidate.requestsPerSecond / baseline.requestsPerSecond
     const verdict = scenario.target === undefined ? '' : ratio >= scenario.target ? ' PASS' : ' FAIL'
     const goal = scenario.target === undefined ? '(reported, no target)' : `(target >= ${scenario.target.toFixed(2)})`
-    const tainted = own.some((run) => run.non2xx > 0) ? ' (non-2xx responses: see warnings)' : ''
+    const tainted = baseline.non2xx + candidate.non2xx > 0 ? ' (non-2xx responses: see warnings)' : ''
     verdicts.push(
-      `${scenario.name}: ${candidate.label}/${baseline.label} = ${ratio.toFixed(2)} ` + `${goal}${verdict}${tainted}`,
+      `${scenario.name}: ${candidate.label}/${baseline.label} = ${ratio.toFixed(2)} ${goal}${verdict}${tainted}`,
     )
   }
 
   console.log()
   console.log(
     formatTable(
-      ['scenario', 'round', 'server', 'req/s', 'p99 ms', 'non-2xx'],
+      ['scenario', 'server', 'req/s', 'slices req/s', 'p99 ms', 'non-2xx'],
       runs.map((run) => [
         run.scenario,
-        String(run.round),
         run.label,
         formatNumber(run.requestsPerSecond),
+        `${formatNumber(run.sliceRange[0])}-${formatNumber(run.sliceRange[1])}`,
         formatNumber(run.p99Ms),
         String(run.non2xx),
       ]),
-      [1, 3, 4, 5],
+      [2, 3, 4, 5],
     ),
   )
   return verdicts
