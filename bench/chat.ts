@@ -3,7 +3,7 @@ import { connect, type Socket } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
 import { Agent, request } from 'undici'
-import { formatTable, type RequestHeaders, type RunningServer, startServer } from './lib.js'
+import { formatTable, percentile, type RequestHeaders, type RunningServer, startServer } from './lib.js'
 import { type PostgresFixture, signUp, UNLIMITED } from './postgres-fixture.js'
 
 /**
@@ -364,11 +364,6 @@ async function burst(
     clearInterval(pacer)
     clearTimeout(deadline)
   }
-}
-
-const percentile = (values: number[], p: number) => {
-  const sorted = values.filter((value) => Number.isFinite(value)).sort((a, b) => a - b)
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN
 }
 
 /** Streams that did not deliver every token and the end of the answer. */

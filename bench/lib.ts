@@ -250,6 +250,12 @@ export async function load(url: string, options: LoadOptions): Promise<Measureme
   }
 }
 
+/** The value below which `p` percent of the finite values fall (nearest rank); NaN when there are none. */
+export function percentile(values: number[], p: number): number {
+  const sorted = values.filter((value) => Number.isFinite(value)).sort((a, b) => a - b)
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN
+}
+
 /** Renders rows as a plain text table; the columns listed in `rightAligned` (numbers) align right. */
 export function formatTable(header: string[], rows: string[][], rightAligned: number[] = []): string {
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => (row[column] ?? '').length)))

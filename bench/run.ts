@@ -6,6 +6,7 @@ import {
   formatTable,
   load,
   type Measurement,
+  percentile,
   pinLoadGenerator,
   type RunningServer,
   type Scenario,
@@ -142,7 +143,6 @@ interface Run {
 const SIDES = ['baseline', 'candidate'] as const
 const labelOf = (endpoint: Endpoint) => endpoint.label ?? endpoint.server
 const formatNumber = (value: number) => Math.round(value).toLocaleString('en-US')
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? Number.NaN
 
 interface Side {
   endpoint: Endpoint
@@ -218,7 +218,10 @@ function summarise(scenario: Scenario, side: Run['side'], { endpoint, slices }: 
     label,
     requestsPerSecond: total((slice) => slice.requests) / total((slice) => slice.seconds),
     sliceRange: [Math.min(...perSlice), Math.max(...perSlice)],
-    p99Ms: median(slices.map((slice) => slice.p99Ms)),
+    p99Ms: percentile(
+      slices.map((slice) => slice.p99Ms),
+      50,
+    ),
     non2xx,
   }
 }

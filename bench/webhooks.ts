@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
 import { Agent, request } from 'undici'
 import { signDelivery } from '../src/modules/webhooks/signing.js'
-import { startServer } from './lib.js'
+import { percentile, startServer } from './lib.js'
 import { type PostgresFixture, UNLIMITED } from './postgres-fixture.js'
 
 /**
@@ -78,11 +78,6 @@ class CountingReceiver {
     this.server?.closeAllConnections()
     await new Promise((resolve) => this.server?.close(resolve))
   }
-}
-
-const percentile = (values: number[], p: number) => {
-  const sorted = [...values].sort((a, b) => a - b)
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN
 }
 
 /** The same work without the app: sign and POST `total` deliveries over `connections` sequential senders. */
