@@ -32,6 +32,21 @@ t.test('every line reaches the file once, in order, across many blocks', async (
   destination.end()
 })
 
+t.test('a line longer than a block is written whole, in its place', async (t) => {
+  const path = join(directory, 'long.log')
+  const destination = logDestination(path)
+  // Three-byte characters near the boundary: a line that fits by its length in UTF-16 units
+  // but not by its bytes must start a new block rather than be cut.
+  const long = `{"msg":"${'✓'.repeat(5000)}"}\n`
+  const nearlyFull = `{"msg":"${'x'.repeat(4000)}"}\n`
+  const wide = `{"msg":"${'✓'.repeat(30)}"}\n`
+  const lines = [lineOf(1), long, lineOf(2), nearlyFull, wide, lineOf(3)]
+  for (const line of lines) destination.write(line)
+  destination.flushSync()
+  t.equal(readFileSync(path, 'utf8'), lines.join(''))
+  destination.end()
+})
+
 t.test('a line smaller than a block waits until flushed', async (t) => {
   const path = join(directory, 'small.log')
   const destination = logDestination(path)
