@@ -1,4 +1,4 @@
-import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { collectDefaultMetrics, Registry } from 'prom-client'
 import { RequestMetrics } from '../lib/request-metrics.js'
@@ -15,10 +15,10 @@ declare module 'fastify' {
   }
 }
 
-/** Route pattern, never the raw URL: bounded label cardinality and no ids or secrets in metrics. */
-function routeLabel(request: FastifyRequest): string {
-  return request.routeOptions.url ?? 'unmatched'
-}
+/** The label of requests no route matched: a fixed one, so no URL ever becomes a metric label. */
+const UNMATCHED = 'unmatched'
+
+type Hook = (request: FastifyRequest, reply: FastifyReply, done: () => void) => void
 
 /**
  * One completion log line per request and Prometheus metrics. Each app has its own registry, so
@@ -46,15 +46,16 @@ async function observabilityPlugin(app: FastifyInstance) {
     done()
   })
 
-  app.addHook('onResponse', (request, reply, done) => {
-    const route = routeLabel(request)
+  // Labelled by route pattern, never the raw URL: bounded label cardinality and no ids or secrets
+  // in metrics. Method and route are serialised for the line once per route and method.
+  const complete = (request: FastifyRequest, reply: FastifyReply, route: string, routeMember: string) => {
     const elapsedMs = reply.elapsedTime
     const statusCode = reply.statusCode
     const durationMs = Math.round(elapsedMs * 100) / 100
     requests.record(request.method, route, statusCode, elapsedMs / 1000)
     // Every field is known and none is secret, so the line skips pino's generic serialisation.
     const members =
-      `,"method":${jsonString(request.method)},"route":${jsonString(route)},"statusCode":${statusCode},"durationMs":${durationMs}` +
+      `,"method":${jsonString(request.method)}${routeMember},"statusCode":${statusCode},"durationMs":${durationMs}` +
       (request.userId ? `,"userId":${jsonString(request.userId)}` : '')
     if (!writeInfoLine(request.log, members, 'request completed'))
       request.log.info(
@@ -67,6 +68,24 @@ async function observabilityPlugin(app: FastifyInstance) {
         },
         'request completed',
       )
+  }
+
+  // Each route gets its own completion hook that knows its pattern: Fastify's request.routeOptions
+  // builds a dozen-property object on every call just to read it.
+  app.addHook('onRoute', (route) => {
+    const pattern = route.url
+    const routeMember = `,"route":${jsonString(pattern)}`
+    const onResponse: Hook = (request, reply, done) => {
+      complete(request, reply, pattern, routeMember)
+      done()
+    }
+    // A new array: the route's own may be shared with other routes (its HEAD twin among them).
+    route.onResponse = [...(route.onResponse ? [route.onResponse].flat() : []), onResponse]
+  })
+  // Requests that matched no route (404, 405) have no route hooks.
+  const unmatchedMember = `,"route":${jsonString(UNMATCHED)}`
+  app.addHook('onResponse', (request, reply, done) => {
+    if (request.is404) complete(request, reply, UNMATCHED, unmatchedMember)
     done()
   })
 }

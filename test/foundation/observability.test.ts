@@ -95,6 +95,26 @@ async function testRoutes(app: FastifyInstance) {
       throw new Error('kaboom: something internal broke')
     },
   )
+
+  // A route with hooks of its own, under a prefix: the completion hook joins them, never replaces them.
+  await app.register(
+    async (scoped) => {
+      scoped.get(
+        '/hooked',
+        {
+          onResponse: [
+            (request, _reply, done) => {
+              request.log.info('own onResponse hook ran')
+              done()
+            },
+          ],
+          schema: { operationId: 'testHooked', tags: ['test'], response: { 200: Type.Object({ ok: Type.Boolean() }) } },
+        },
+        async () => ({ ok: true }),
+      )
+    },
+    { prefix: '/scoped' },
+  )
 }
 
 t.test('observability', async (t) => {
@@ -176,6 +196,38 @@ t.test('observability', async (t) => {
     t.equal(invalid.statusCode, 400)
     t.equal(completions('bad-1').length, 1, 'a rejected request also gets exactly one line')
     t.equal(completions('bad-1')[0]?.statusCode, 400)
+
+    // HEAD is a route of its own, made by Fastify from the GET route's options.
+    const head = await app.inject({ method: 'HEAD', url: '/items/5', headers: { 'x-request-id': 'head-1' } })
+    t.equal(head.statusCode, 200)
+    t.same(
+      completions('head-1').map((line) => [line.method, line.route, line.statusCode]),
+      [['HEAD', '/items/:id', 200]],
+    )
+
+    const wrongMethod = await app.inject({ method: 'DELETE', url: '/items/5', headers: { 'x-request-id': 'del-1' } })
+    t.equal(wrongMethod.statusCode, 405)
+    t.same(
+      completions('del-1').map((line) => [line.method, line.route, line.statusCode]),
+      [['DELETE', 'unmatched', 405]],
+    )
+
+    const hooked = await app.inject({ method: 'GET', url: '/scoped/hooked', headers: { 'x-request-id': 'hook-1' } })
+    t.equal(hooked.statusCode, 200)
+    t.equal(linesOf('hook-1').filter((line) => line.msg === 'own onResponse hook ran').length, 1)
+    t.same(
+      completions('hook-1').map((line) => line.route),
+      ['/scoped/hooked'],
+      'the prefixed pattern, once, beside the route’s own hook',
+    )
+
+    // Routes of the real modules, registered long after the observability plugin.
+    const health = await app.inject({ method: 'GET', url: '/health', headers: { 'x-request-id': 'health-1' } })
+    t.equal(health.statusCode, 200)
+    t.same(
+      completions('health-1').map((line) => line.route),
+      ['/health'],
+    )
   })
 
   t.test('secrets in headers and bodies are redacted from the logs', async (t) => {
