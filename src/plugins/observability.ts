@@ -40,12 +40,6 @@ async function observabilityPlugin(app: FastifyInstance) {
   app.decorate('metrics', registry)
   app.decorateRequest('userId', null)
 
-  // Set up front rather than in an onSend hook: every response, errors included, carries it.
-  app.addHook('onRequest', (request, reply, done) => {
-    reply.header('x-request-id', request.id)
-    done()
-  })
-
   // Labelled by route pattern, never the raw URL: bounded label cardinality and no ids or secrets
   // in metrics. Method and route are serialised for the line once per route and method.
   const complete = (request: FastifyRequest, reply: FastifyReply, route: string, routeMember: string) => {
