@@ -118,3 +118,16 @@ const VERBATIM = /^[^"\\\u0000-\u001f\ud800-\udfff]*$/
 export function jsonString(text: string): string {
   return VERBATIM.test(text) ? `"${text}"` : JSON.stringify(text)
 }
+
+/**
+ * `JSON.stringify(Math.round(value * 100) / 100)` for a finite, non-negative value below 2^53 / 100,
+ * from integers: formatting a fractional double costs about 100 ns, an integer a tenth of that.
+ */
+export function jsonHundredths(value: number): string {
+  const hundredths = Math.round(value * 100)
+  const whole = Math.floor(hundredths / 100)
+  const rest = hundredths - whole * 100
+  if (rest === 0) return `${whole}`
+  if (rest % 10 === 0) return `${whole}.${rest / 10}`
+  return `${whole}.${rest < 10 ? '0' : ''}${rest}`
+}

@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { collectDefaultMetrics, Registry } from 'prom-client'
 import { RequestMetrics } from '../lib/request-metrics.js'
-import { jsonString } from '../lib/json.js'
+import { jsonHundredths, jsonString } from '../lib/json.js'
 import { writeInfoLine } from '../lib/request-logger.js'
 
 declare module 'fastify' {
@@ -45,11 +45,10 @@ async function observabilityPlugin(app: FastifyInstance) {
   const complete = (request: FastifyRequest, reply: FastifyReply, route: string, routeMember: string) => {
     const elapsedMs = reply.elapsedTime
     const statusCode = reply.statusCode
-    const durationMs = Math.round(elapsedMs * 100) / 100
     requests.record(request.method, route, statusCode, elapsedMs / 1000)
     // Every field is known and none is secret, so the line skips pino's generic serialisation.
     const members =
-      `,"method":${jsonString(request.method)}${routeMember},"statusCode":${statusCode},"durationMs":${durationMs}` +
+      `,"method":${jsonString(request.method)}${routeMember},"statusCode":${statusCode},"durationMs":${jsonHundredths(elapsedMs)}` +
       (request.userId ? `,"userId":${jsonString(request.userId)}` : '')
     if (!writeInfoLine(request.log, members, 'request completed'))
       request.log.info(
@@ -57,7 +56,7 @@ async function observabilityPlugin(app: FastifyInstance) {
           method: request.method,
           route,
           statusCode,
-          durationMs,
+          durationMs: Math.round(elapsedMs * 100) / 100,
           ...(request.userId ? { userId: request.userId } : {}),
         },
         'request completed',

@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import { type Logger, type LoggerOptions, pino } from 'pino'
 import t from 'tap'
-import { jsonString } from '../../src/lib/json.js'
+import { jsonHundredths, jsonString } from '../../src/lib/json.js'
 import { redactSecrets } from '../../src/lib/redact.js'
 import { RequestLogger, requestLoggerFactory, writeInfoLine } from '../../src/lib/request-logger.js'
 import { LogCapture } from '../helper.js'
@@ -171,4 +171,50 @@ t.test('jsonString is JSON.stringify for every string', async (t) => {
   }
   const wrong = samples.filter((text) => jsonString(text) !== JSON.stringify(text))
   t.same(wrong, [])
+})
+
+t.test('jsonHundredths is JSON.stringify of the value rounded to hundredths', async (t) => {
+  const values = [
+    0,
+    0.001,
+    0.004,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.125,
+    0.995,
+    1,
+    1.005,
+    1.1,
+    9.99,
+    10,
+    12.345,
+    99.999,
+    1e6 + 0.07,
+  ]
+  let seed = 11
+  for (let i = 0; i < 20_000; i++) {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31
+    values.push((seed / 2 ** 31) * 10 ** (i % 7))
+  }
+  const wrong = values.filter((value) => jsonHundredths(value) !== JSON.stringify(Math.round(value * 100) / 100))
+  t.same(wrong, [])
+})
+
+t.test('lines written in the same millisecond share a time, and the time moves on', async (t) => {
+  const capture = new LogCapture()
+  const logger = pino({ level: 'info' }, capture) as Logger
+  const log = requestLogger(logger, 'r-6')
+  const before = Date.now()
+  for (let i = 0; i < 3; i++) writeInfoLine(log, `,"i":${i}`, 'tick')
+  await new Promise((resolve) => setTimeout(resolve, 5))
+  writeInfoLine(log, ',"i":3', 'tick')
+  const after = Date.now()
+  const times = capture.lines.map((line) => line.time as number)
+  t.equal(times.length, 4)
+  t.ok(times.every((time) => time >= before && time <= after))
+  t.ok((times[3] as number) > (times[2] as number), 'a later line has a later time')
+  logger.child({ requestId: 'r-6' }).info({ i: 4 }, 'tick')
+  t.same(Object.keys(capture.lines[4] ?? {}), Object.keys(capture.lines[0] ?? {}), 'the same fields as pino writes')
 })
