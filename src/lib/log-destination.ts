@@ -51,12 +51,18 @@ export class BlockLogDestination {
     // UTF-8 takes at most three bytes per UTF-16 unit: only a long line needs measuring.
     if (line.length * 3 > BLOCK_SIZE - this.#used) {
       const bytes = Buffer.byteLength(line)
-      if (bytes > BLOCK_SIZE - this.#used) {
+      if (bytes > BLOCK_SIZE) {
         this.#handOver()
-        if (bytes > BLOCK_SIZE) {
-          this.#file.write(Buffer.from(line))
-          return true
-        }
+        this.#file.write(Buffer.from(line))
+        return true
+      }
+      if (bytes > BLOCK_SIZE - this.#used) {
+        // The line goes into the next block before the full one is written, so a failed write
+        // loses no line that was handed over.
+        const full = this.#takeBlock()
+        this.#used = this.#block.write(line)
+        if (full) this.#file.write(full)
+        return true
       }
     }
     this.#used += this.#block.write(line, this.#used)
@@ -84,12 +90,18 @@ export class BlockLogDestination {
   }
 
   #handOver(): void {
-    if (this.#used === 0) return
+    const block = this.#takeBlock()
+    if (block) this.#file.write(block)
+  }
+
+  /** The filled part of the current block, if any, replaced by an empty one. */
+  #takeBlock(): Buffer | undefined {
+    if (this.#used === 0) return undefined
     const block = this.#block.subarray(0, this.#used)
     // A new buffer for each block: the writer may still hold the last one after a failed write.
     this.#block = Buffer.allocUnsafeSlow(BLOCK_SIZE)
     this.#used = 0
-    this.#file.write(block)
+    return block
   }
 }
 

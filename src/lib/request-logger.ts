@@ -8,8 +8,7 @@ const P = pino.symbols
 interface PinoParts {
   [P.chindingsSym]: string
   [P.endSym]: string
-  [P.formattersSym]: { bindings: (bindings: Bindings) => Bindings }
-  [P.hooksSym]: { streamWrite?: unknown }
+  [P.hooksSym]: { logMethod?: unknown; streamWrite?: unknown }
   [P.lsCacheSym]: Record<number, string>
   [P.messageKeySym]: string
   [P.mixinSym]: unknown
@@ -55,6 +54,7 @@ class LinePlan {
     this.plain =
       !internals[P.mixinSym] &&
       !internals[P.nestedKeySym] &&
+      !internals[P.hooksSym].logMethod &&
       !internals[P.hooksSym].streamWrite &&
       !logger.msgPrefix &&
       // pino's redact option: its paths would apply to the fields
@@ -71,10 +71,12 @@ class LinePlan {
   /** The logger's own bindings followed by more, serialised as pino's child() would; undefined where it differs. */
   bindingsWith(bindings: Bindings): string | undefined {
     const internals = parts(this.logger)
+    // pino's child() passes its bindings through no formatter of the parent's (it resets the
+    // bindings formatter for children), so neither is this.
     let serialized = internals[P.chindingsSym]
-    const formatted = internals[P.formattersSym].bindings(bindings)
-    for (const key in formatted) {
-      const value: unknown = formatted[key]
+    for (const key in bindings) {
+      if (!Object.hasOwn(bindings, key)) continue
+      const value: unknown = bindings[key]
       if (value === undefined) continue
       let prefix = this.#bindingPrefixes.get(key)
       if (prefix === undefined) {
@@ -212,15 +214,18 @@ function hasOwnKeys(object: object): boolean {
 }
 
 /**
- * Fastify's `childLoggerFactory`: a lazy request logger, or pino's own child when the route asks
- * for its own level or serialisers, which the lazy logger does not apply.
+ * Fastify's `childLoggerFactory`: a lazy request logger, or the logger's own child when the route
+ * asks for its own level or serialisers, which the lazy logger does not apply, or the logger is
+ * not pino.
  */
 export const requestLoggerFactory: NonNullable<FastifyServerOptions['childLoggerFactory']> = function (
   logger,
   bindings,
   options,
 ) {
-  if (hasOwnKeys(options)) return logger.child(bindings, options)
+  // Anything but pino (Fastify's null logger when logging is off) keeps its own children.
+  if (hasOwnKeys(options) || typeof (logger as Partial<PinoParts>)[P.chindingsSym] !== 'string')
+    return logger.child(bindings, options)
   return new RequestLogger(linePlan(logger as Logger), bindings)
 }
 
@@ -228,7 +233,8 @@ export const requestLoggerFactory: NonNullable<FastifyServerOptions['childLogger
  * Writes an info line whose fields arrive already serialised as JSON members (`,"key":value`),
  * byte for byte as `logger.info(fields, message)` would, without pino's generic per-key
  * serialisation, which costs a microsecond or more per line. The fields skip the log formatter
- * (secret redaction), so only fields the caller knows hold no secret belong here. Returns false
+ * (secret redaction) and serialisers, so only fields the caller knows hold no secret and have no
+ * serialiser belong here. Returns false
  * when the logger has features this does not reproduce (mixins, hooks, prefixes, a nested key,
  * redaction paths, a stream that wants metadata, or not being pino at all): the caller then logs
  * the usual way.

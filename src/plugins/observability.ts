@@ -72,8 +72,9 @@ async function observabilityPlugin(app: FastifyInstance) {
       complete(request, reply, pattern, routeMember)
       done()
     }
-    // A new array: the route's own may be shared with other routes (its HEAD twin among them).
-    route.onResponse = [...(route.onResponse ? [route.onResponse].flat() : []), onResponse]
+    // First among the route's own hooks, so that none of them failing can cost the line; and a
+    // new array, as the route's own may be shared with other routes (its HEAD twin among them).
+    route.onResponse = [onResponse, ...(route.onResponse ? [route.onResponse].flat() : [])]
   })
   // Requests that matched no route (404, 405) have no route hooks.
   const unmatchedMember = `,"route":${jsonString(UNMATCHED)}`

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import t from 'tap'
-import { logDestination } from '../../src/lib/log-destination.js'
+import { BlockLogDestination, logDestination } from '../../src/lib/log-destination.js'
 
 const directory = mkdtempSync(join(tmpdir(), 'log-destination-'))
 t.teardown(() => rmSync(directory, { recursive: true, force: true }))
@@ -44,6 +44,30 @@ t.test('a line longer than a block is written whole, in its place', async (t) =>
   for (const line of lines) destination.write(line)
   destination.flushSync()
   t.equal(readFileSync(path, 'utf8'), lines.join(''))
+  destination.end()
+})
+
+t.test('a block that fails to be written takes no later line with it', async (t) => {
+  const written: string[] = []
+  let failNext = false
+  const file = {
+    write(block: Buffer) {
+      if (failNext) {
+        failNext = false
+        throw new Error('EIO: the disk went away')
+      }
+      written.push(block.toString())
+      return true
+    },
+    end() {},
+  }
+  const destination = new BlockLogDestination(file as never)
+  const filler = `{"msg":"${'x'.repeat(3000)}"}\n`
+  destination.write(filler)
+  failNext = true
+  t.throws(() => destination.write(filler), /EIO/, 'the failure reaches the caller')
+  destination.flushSync()
+  t.same(written, [filler], 'the line that found the block full is written with the next block')
   destination.end()
 })
 

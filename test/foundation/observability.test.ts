@@ -105,7 +105,8 @@ async function testRoutes(app: FastifyInstance) {
           onResponse: [
             (request, _reply, done) => {
               request.log.info('own onResponse hook ran')
-              done()
+              // A failing hook stops the ones after it; the completion hook runs before.
+              done(new Error('own onResponse hook failed'))
             },
           ],
           schema: { operationId: 'testHooked', tags: ['test'], response: { 200: Type.Object({ ok: Type.Boolean() }) } },

@@ -118,6 +118,13 @@ t.test('lines go back to pino when the logger has features they would miss', asy
     'a nested key': { nestedKey: 'payload' },
     'redaction paths': { redact: ['userId'] },
     'a stream write hook': { hooks: { streamWrite: (line: string) => line } },
+    'a log method hook': {
+      hooks: {
+        logMethod(this: Logger, args: Parameters<Logger['info']>, method: Logger['info']) {
+          method.apply(this, args)
+        },
+      },
+    },
   }
   for (const [name, options] of Object.entries(setups)) {
     const { logger, capture } = rootLogger(options)
@@ -217,4 +224,35 @@ t.test('lines written in the same millisecond share a time, and the time moves o
   t.ok((times[3] as number) > (times[2] as number), 'a later line has a later time')
   logger.child({ requestId: 'r-6' }).info({ i: 4 }, 'tick')
   t.same(Object.keys(capture.lines[4] ?? {}), Object.keys(capture.lines[0] ?? {}), 'the same fields as pino writes')
+})
+
+t.test('request bindings pass through no bindings formatter, as in pino’s children', async (t) => {
+  const { logger, capture } = rootLogger({
+    formatters: { log: redactSecrets, bindings: (bindings) => ({ ...bindings, tag: 'root' }) },
+  })
+  t.equal(writeInfoLine(requestLogger(logger, 'r-7'), MEMBERS, 'request completed'), true)
+  logger.child({ requestId: 'r-7' }).info(FIELDS, 'request completed')
+  t.equal(capture.raw[0], capture.raw[1])
+  t.equal(capture.lines[0]?.tag, 'root', 'the root’s own bindings went through it once')
+})
+
+t.test('a logger that is not pino keeps its own children', async (t) => {
+  const calls: unknown[] = []
+  const nullLogger = {
+    level: 'info',
+    info() {},
+    error() {},
+    debug() {},
+    fatal() {},
+    warn() {},
+    trace() {},
+    silent() {},
+    child(bindings: unknown) {
+      calls.push(bindings)
+      return nullLogger
+    },
+  }
+  const log = requestLoggerFactory.call(null as never, nullLogger as never, { requestId: 'r-8' }, {}, null as never)
+  t.equal(log, nullLogger)
+  t.same(calls, [{ requestId: 'r-8' }])
 })
