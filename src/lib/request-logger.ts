@@ -195,14 +195,16 @@ export class RequestLogger implements FastifyBaseLogger {
     return (this.#child ?? this.#plan.logger).isLevelEnabled(level)
   }
 
-  /** `writeInfoLine` for this logger: from the parent and the bindings until a child exists. */
+  /**
+   * `writeInfoLine` for this logger, through the parent's plan: the child is built without options,
+   * so it has the parent's features and differs only in bindings and, if one was set, its level.
+   */
   writeInfo(members: string, message: string): boolean {
-    if (this.#child) return writeInfoLine(this.#child, members, message)
     const plan = this.#plan
-    if (!plan.logger.isLevelEnabled('info')) return true
+    if (!this.isLevelEnabled('info')) return true
     if (!plan.plain) return false
-    const bindings = plan.bindingsWith(this.#bindings)
-    if (bindings === undefined) return writeInfoLine(this.materialize(), members, message)
+    let bindings = this.#child ? parts(this.#child)[P.chindingsSym] : plan.bindingsWith(this.#bindings)
+    bindings ??= parts(this.materialize())[P.chindingsSym]
     plan.write(bindings, members, message)
     return true
   }
@@ -234,10 +236,9 @@ export const requestLoggerFactory: NonNullable<FastifyServerOptions['childLogger
  * byte for byte as `logger.info(fields, message)` would, without pino's generic per-key
  * serialisation, which costs a microsecond or more per line. The fields skip the log formatter
  * (secret redaction) and serialisers, so only fields the caller knows hold no secret and have no
- * serialiser belong here. Returns false
- * when the logger has features this does not reproduce (mixins, hooks, prefixes, a nested key,
- * redaction paths, a stream that wants metadata, or not being pino at all): the caller then logs
- * the usual way.
+ * serialiser belong here. Returns false when the logger has features this does not reproduce
+ * (mixins, hooks, prefixes, a nested key, redaction paths, a stream that wants metadata, or not
+ * being pino at all): the caller then logs the usual way.
  */
 export function writeInfoLine(logger: FastifyBaseLogger, members: string, message: string): boolean {
   if (logger instanceof RequestLogger) return logger.writeInfo(members, message)

@@ -41,7 +41,7 @@ async function observabilityPlugin(app: FastifyInstance) {
   app.decorateRequest('userId', null)
 
   // Labelled by route pattern, never the raw URL: bounded label cardinality and no ids or secrets
-  // in metrics. Method and route are serialised for the line once per route and method.
+  // in metrics. The route's field of the line is serialised once per route.
   const complete = (request: FastifyRequest, reply: FastifyReply, route: string, routeMember: string) => {
     const elapsedMs = reply.elapsedTime
     const statusCode = reply.statusCode

@@ -25,6 +25,34 @@ function rootLogger(options: LoggerOptions = {}) {
   return { logger, capture, children: () => children }
 }
 
+/** Deterministic pseudo-random numbers in [0, 1), so a failing sample can be reproduced. */
+function seededRandom(seed: number): () => number {
+  let state = seed
+  return () => {
+    state = (state * 1103515245 + 12345) % 2 ** 31
+    return state / 2 ** 31
+  }
+}
+
+/** A logger with Fastify's required methods that is not pino; `child` reports its bindings. */
+function notPinoLogger(onChild: (bindings: unknown) => void = () => {}) {
+  const logger = {
+    level: 'info',
+    info() {},
+    error() {},
+    debug() {},
+    fatal() {},
+    warn() {},
+    trace() {},
+    silent() {},
+    child(bindings: unknown) {
+      onChild(bindings)
+      return logger
+    },
+  }
+  return logger
+}
+
 function requestLogger(logger: Logger, requestId: string): FastifyBaseLogger {
   return requestLoggerFactory.call(null as never, logger, { requestId }, {}, null as never)
 }
@@ -95,10 +123,16 @@ t.test('the lazy logger logs as pino would and builds no child for a disabled le
   log.debug('now written')
   t.equal(logger.level, 'warn', 'a request changing its level leaves the parent alone')
   t.match(capture.lines[1], { level: 20, requestId: 'r-2', msg: 'now written' })
+  t.equal(writeInfoLine(log, MEMBERS, 'request completed'), true)
+  t.match(
+    capture.lines[2],
+    { level: 30, requestId: 'r-2', route: '/items/:id', msg: 'request completed' },
+    'the request’s own level decides',
+  )
 
   const nested = log.child({ step: 'inner' })
   nested.warn('from a grandchild')
-  t.match(capture.lines[2], { requestId: 'r-2', step: 'inner', msg: 'from a grandchild' })
+  t.match(capture.lines[3], { requestId: 'r-2', step: 'inner', msg: 'from a grandchild' })
 })
 
 t.test('a route with its own level or serialisers gets pino’s child at once', async (t) => {
@@ -133,7 +167,6 @@ t.test('lines go back to pino when the logger has features they would miss', asy
     t.equal(capture.raw.length, 0)
   }
 
-  const { logger } = rootLogger()
   const bindingSerializer = rootLogger({ serializers: { requestId: (id: string) => id.toUpperCase() } })
   const log = requestLogger(bindingSerializer.logger, 'r-5')
   t.equal(writeInfoLine(log, MEMBERS, 'request completed'), true)
@@ -141,8 +174,7 @@ t.test('lines go back to pino when the logger has features they would miss', asy
   t.equal(bindingSerializer.capture.raw[0], bindingSerializer.capture.raw[1], 'a serialised binding is left to pino')
   t.match(bindingSerializer.capture.lines[0], { requestId: 'R-5' })
 
-  const notPino = { info() {}, error() {}, debug() {}, fatal() {}, warn() {}, trace() {}, silent() {} }
-  t.equal(writeInfoLine({ ...notPino, level: 'info', child: () => logger } as FastifyBaseLogger, MEMBERS, 'x'), false)
+  t.equal(writeInfoLine(notPinoLogger() as FastifyBaseLogger, MEMBERS, 'x'), false)
 })
 
 t.test('jsonString is JSON.stringify for every string', async (t) => {
@@ -161,11 +193,7 @@ t.test('jsonString is JSON.stringify for every string', async (t) => {
     '\u2028\u2029',
   ]
   // Random strings over the ranges where escaping changes: control, ASCII, Latin-1, surrogates.
-  let seed = 7
-  const random = () => {
-    seed = (seed * 1103515245 + 12345) % 2 ** 31
-    return seed / 2 ** 31
-  }
+  const random = seededRandom(7)
   const ranges = [0x00, 0x20, 0x22, 0x5c, 0x7f, 0xe9, 0xd800, 0xdbff, 0xdc00, 0xdfff, 0xfffd]
   for (let i = 0; i < 2000; i++) {
     let text = ''
@@ -200,11 +228,8 @@ t.test('jsonHundredths is JSON.stringify of the value rounded to hundredths', as
     99.999,
     1e6 + 0.07,
   ]
-  let seed = 11
-  for (let i = 0; i < 20_000; i++) {
-    seed = (seed * 1103515245 + 12345) % 2 ** 31
-    values.push((seed / 2 ** 31) * 10 ** (i % 7))
-  }
+  const random = seededRandom(11)
+  for (let i = 0; i < 20_000; i++) values.push(random() * 10 ** (i % 7))
   const wrong = values.filter((value) => jsonHundredths(value) !== JSON.stringify(Math.round(value * 100) / 100))
   t.same(wrong, [])
 })
@@ -238,20 +263,7 @@ t.test('request bindings pass through no bindings formatter, as in pino’s chil
 
 t.test('a logger that is not pino keeps its own children', async (t) => {
   const calls: unknown[] = []
-  const nullLogger = {
-    level: 'info',
-    info() {},
-    error() {},
-    debug() {},
-    fatal() {},
-    warn() {},
-    trace() {},
-    silent() {},
-    child(bindings: unknown) {
-      calls.push(bindings)
-      return nullLogger
-    },
-  }
+  const nullLogger = notPinoLogger((bindings) => calls.push(bindings))
   const log = requestLoggerFactory.call(null as never, nullLogger as never, { requestId: 'r-8' }, {}, null as never)
   t.equal(log, nullLogger)
   t.same(calls, [{ requestId: 'r-8' }])
